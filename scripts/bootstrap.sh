@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what vmsilo needs, from nothing, on Debian: the system packages (only when run as
+# root and only those missing), then a virtual environment in .venv with vmsilo and its
+# development tools. Safe to run again: it does only what is missing or out of date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian package -> a file it provides, to tell whether it is installed without dpkg queries
+# that differ between releases.
+declare -A PACKAGES=(
+  [qemu-system-x86]=/usr/bin/qemu-system-x86_64
+  [qemu-utils]=/usr/bin/qemu-img
+  [mmdebstrap]=/usr/bin/mmdebstrap
+  [erofs-utils]=/usr/bin/mkfs.erofs
+  [busybox-static]=/bin/busybox
+  [kmod]=/usr/bin/kmod
+  [e2fsprogs]=/sbin/mke2fs
+  [nftables]=/usr/sbin/nft
+  [iproute2]=/usr/sbin/ip
+  [dbus]=/usr/bin/dbus-daemon
+  [bubblewrap]=/usr/bin/bwrap
+  [cpio]=/usr/bin/cpio
+)
+
+missing=()
+for pkg in "${!PACKAGES[@]}"; do
+  [ -e "${PACKAGES[$pkg]}" ] || missing+=("$pkg")
+done
+# Debian's own python3 needs python3-venv to make a virtual environment with pip in it.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "bootstrap: missing Debian packages (run as root to install them): ${missing[*]}" >&2
+  fi
+fi
+
+VENV=${VENV:-.venv}
+stamp="$VENV/.vmsilo-installed"
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing vmsilo and its development tools into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
