@@ -15,6 +15,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
+
+# What a child's standard stream may be: a subprocess constant, a file descriptor, or a file.
+Stdio = int | IO[Any] | None
 
 
 class ProcessError(Exception):
@@ -130,15 +134,19 @@ async def run_async(
 def spawn(
     command: Sequence[str],
     *,
-    stdout: int | None = subprocess.DEVNULL,
-    stderr: int | None = subprocess.DEVNULL,
-    stdin: int | None = subprocess.DEVNULL,
+    stdout: Stdio = subprocess.DEVNULL,
+    stderr: Stdio = subprocess.DEVNULL,
+    stdin: Stdio = subprocess.DEVNULL,
     env: Mapping[str, str] | None = None,
     new_session: bool = True,
     pass_fds: Sequence[int] = (),
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: Sequence[int] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child. By default in its own session, so that it outlives a
-    restart of the process that started it (vmsilod re-adopts its VMMs)."""
+    restart of the process that started it (vmsilod re-adopts its VMMs). ``user``/``group``
+    drop privileges before exec, so the child never runs with ours."""
     argv = [str(a) for a in command]
     try:
         return subprocess.Popen(
@@ -149,6 +157,9 @@ def spawn(
             env=_child_env(env),
             start_new_session=new_session,
             pass_fds=tuple(pass_fds),
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
     except FileNotFoundError as exc:
         raise ProcessError(argv, None, reason=f"command not found ({exc.filename})") from exc

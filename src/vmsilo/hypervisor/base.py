@@ -1,0 +1,124 @@
+"""The interface every VMM backend implements, and the handle on a running VMM.
+
+A backend turns a ``LaunchSpec`` into a command line and knows its VMM's control channel
+(graceful stop, balloon). ``VmmProcess`` watches the VMM's process through a pidfd, so it works
+the same for a child we just started and for one re-adopted after a daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+from vmsilo.hypervisor.spec import LaunchSpec
+
+
+class VmmLaunchError(Exception):
+    """The VMM did not come up. Carries what a user needs to find out why."""
+
+    def __init__(self, vm: str, reason: str, command: list[str], log: Path) -> None:
+        self.vm = vm
+        self.reason = reason
+        self.command = command
+        self.log = log
+        tail = ""
+        with contextlib.suppress(OSError):
+            lines = log.read_text(errors="replace").strip().splitlines()[-5:]
+            tail = "".join(f"\n  {line}" for line in lines)
+        super().__init__(f"VM {vm}: the VMM {reason}; see {log}{tail}")
+
+
+class VmmProcess:
+    """A running VMM process, watched through a pidfd (no polling, no pid reuse races)."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self._popen = popen  # set when we are the parent and must reap it
+        self._pidfd = os.pidfd_open(pid)
+
+    def exited(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is not None
+        import select
+
+        return bool(select.select([self._pidfd], [], [], 0)[0])
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode if self._popen is not None else None
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the process to end; True if it did within ``timeout``."""
+        if self.exited():
+            return True
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(self._pidfd, _resolve, done)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self._pidfd)
+        if self._popen is not None:
+            self._popen.wait()
+        return True
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Backend(ABC):
+    """One VMM flavour: QEMU, cloud-hypervisor or crosvm."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def command(self, spec: LaunchSpec) -> list[str]:
+        """The full command line that runs ``spec``."""
+
+    @abstractmethod
+    async def launch(self, spec: LaunchSpec, *, uid: int | None = None,
+                     gid: int | None = None) -> VmmProcess:
+        """Start the VMM and return once its control channel answers."""
+
+    @abstractmethod
+    async def request_shutdown(self, spec: LaunchSpec) -> None:
+        """Ask the guest to power off through the VMM (ACPI power button or equivalent)."""
+
+    @abstractmethod
+    async def quit(self, spec: LaunchSpec) -> None:
+        """Tell the VMM to exit now, without waiting for the guest."""
+
+    async def stop(self, spec: LaunchSpec, vmm: VmmProcess, *, graceful: float = 20.0,
+                   forced: float = 5.0) -> str:
+        """Stop in stages, each bounded: ask the guest, tell the VMM, kill. Says which worked."""
+        if vmm.exited():
+            return "already stopped"
+        with contextlib.suppress(Exception):
+            await self.request_shutdown(spec)
+            if await vmm.wait(graceful):
+                return "guest powered off"
+        with contextlib.suppress(Exception):
+            await self.quit(spec)
+            if await vmm.wait(forced):
+                return "VMM quit"
+        vmm.kill()
+        await vmm.wait(forced)
+        return "VMM killed"

@@ -1,0 +1,128 @@
+"""The QEMU command line built from a launch spec: the plan, checked without starting QEMU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmsilo.hypervisor.accel import Accelerator
+from vmsilo.hypervisor.qemu import build_command
+from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec, NicSpec, OverlayKind, RuntimeLayout
+
+TCG = Accelerator("tcg", "test")
+KVM = Accelerator("kvm", "test")
+
+
+def make_spec(**changes: object) -> LaunchSpec:
+    base: dict[str, object] = dict(
+        name="banking",
+        cid=3,
+        memory_mb=2048,
+        cpus=4,
+        kernel=Path("/img/vmlinuz"),
+        initrd=Path("/img/initrd.img"),
+        root=DiskSpec(Path("/img/rootfs.erofs"), "vmsilo-root", readonly=True),
+        overlay=OverlayKind.DISK,
+        overlay_disk=DiskSpec(Path("/state/overlay.raw"), "vmsilo-overlay", False, discard=True),
+        overlay_size=10 << 30,
+        layout=RuntimeLayout(Path("/run/vmsilo/banking")),
+    )
+    base.update(changes)
+    return LaunchSpec(**base)  # type: ignore[arg-type]
+
+
+def option_values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_offline_vm_is_a_plain_microvm_with_the_mux_channel() -> None:
+    argv = build_command(make_spec(), TCG)
+    assert option_values(argv, "-machine") == ["microvm,pcie=off,rtc=on,acpi=on"]
+    assert option_values(argv, "-accel") == ["tcg,thread=multi"]
+    assert option_values(argv, "-m") == ["2048M"]
+    assert option_values(argv, "-smp") == ["4"]
+    devices = option_values(argv, "-device")
+    assert "virtserialport,chardev=channel,name=vmsilo.mux" in devices
+    assert not any(d.startswith("vhost-vsock") for d in devices)
+    assert not any("-pci" in d for d in devices)
+    assert "virtio-blk-device,drive=root,serial=vmsilo-root" in devices
+    drives = option_values(argv, "-drive")
+    assert "file=/img/rootfs.erofs,if=none,id=root,format=raw,readonly=on" in drives
+    overlay = next(d for d in drives if "id=overlay" in d)
+    assert "discard=unmap" in overlay and "readonly" not in overlay
+
+
+def test_sandbox_denies_elevation_and_spawning() -> None:
+    (sandbox,) = option_values(build_command(make_spec(), KVM), "-sandbox")
+    assert sandbox.startswith("on,")
+    for rule in ("elevateprivileges=deny", "spawn=deny", "obsolete=deny", "resourcecontrol=deny"):
+        assert rule in sandbox
+    assert "-runas" not in build_command(make_spec(), KVM)
+
+
+def test_kvm_uses_the_host_cpu() -> None:
+    argv = build_command(make_spec(), KVM)
+    assert option_values(argv, "-accel") == ["kvm"]
+    assert option_values(argv, "-cpu") == ["host"]
+
+
+def test_network_interfaces_get_pcie_and_their_derived_slots() -> None:
+    nics = (
+        NicSpec("lan", "banking-22", "52:aa:bb:cc:dd:01", 0x16),
+        NicSpec("wan", "banking-23", "52:aa:bb:cc:dd:02", 0x17),
+    )
+    argv = build_command(make_spec(nics=nics), TCG)
+    assert option_values(argv, "-machine")[0].startswith("microvm,pcie=on")
+    devices = option_values(argv, "-device")
+    assert "virtio-net-pci,netdev=net-lan,mac=52:aa:bb:cc:dd:01,addr=0x16" in devices
+    assert "virtio-net-pci,netdev=net-wan,mac=52:aa:bb:cc:dd:02,addr=0x17" in devices
+    netdevs = option_values(argv, "-netdev")
+    wan = "tap,id=net-wan,ifname=banking-23,script=no,downscript=no"
+    assert any(n.startswith(wan) for n in netdevs)
+    cmdline = option_values(argv, "-append")[0]
+    assert "vmsilo.ifname=lan,52:aa:bb:cc:dd:01" in cmdline.split()
+    assert "vmsilo.ifname=wan,52:aa:bb:cc:dd:02" in cmdline.split()
+
+
+def test_vsock_replaces_the_mux_when_available() -> None:
+    devices = option_values(build_command(make_spec(use_vsock=True, cid=7), TCG), "-device")
+    assert "vhost-vsock-device,guest-cid=7" in devices
+    assert not any("vmsilo.mux" in d for d in devices)
+
+
+def test_kernel_command_line_carries_per_vm_settings() -> None:
+    spec = make_spec(overlay=OverlayKind.TMPFS, overlay_disk=None, overlay_size=1 << 30,
+                     kernel_params=("debug", "acpi=off"))
+    params = option_values(build_command(spec, TCG), "-append")[0].split()
+    assert "vmsilo.name=banking" in params
+    assert "systemd.hostname=banking" in params
+    assert "vmsilo.overlay=tmpfs" in params
+    assert "vmsilo.overlay_size=1073741824" in params
+    assert params[-2:] == ["debug", "acpi=off"]  # user's kernelParams come last and win
+    assert not any("id=overlay" in d for d in option_values(build_command(spec, TCG), "-drive"))
+
+
+def test_console_is_logged_and_attachable() -> None:
+    argv = build_command(make_spec(), TCG)
+    chardevs = option_values(argv, "-chardev")
+    console = next(c for c in chardevs if c.startswith("socket,id=console,"))
+    assert "path=/run/vmsilo/banking/console.sock" in console
+    assert "logfile=/run/vmsilo/banking/console.log" in console
+    assert option_values(argv, "-serial") == ["chardev:console"]
+    assert option_values(argv, "-qmp") == ["unix:/run/vmsilo/banking/vmm.sock,server=on,wait=off"]
+
+
+def test_pci_passthrough_and_extra_disks() -> None:
+    spec = make_spec(
+        pci_devices=("/sys/bus/pci/devices/0000:01:00.0",),
+        extra_disks=(DiskSpec(Path("/data/d.qcow2"), "data", False, format="qcow2",
+                              block_size=4096),),
+        extra_args=("-trace", "virtio_blk*"),
+    )
+    argv = build_command(spec, TCG)
+    assert option_values(argv, "-machine")[0].startswith("microvm,pcie=on")
+    devices = option_values(argv, "-device")
+    assert "vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:01:00.0" in devices
+    assert ("virtio-blk-device,drive=disk0,serial=data,logical_block_size=4096,"
+            "physical_block_size=4096") in devices
+    assert "file=/data/d.qcow2,if=none,id=disk0,format=qcow2" in option_values(argv, "-drive")
+    assert argv[-2:] == ["-trace", "virtio_blk*"]
