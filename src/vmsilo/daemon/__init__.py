@@ -1,0 +1,1 @@
+"""vmsilod: the daemon that owns every configured VM and answers the control socket."""
