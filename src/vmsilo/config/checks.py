@@ -176,7 +176,8 @@ def _depends_on(vms: Mapping[str, VmConfig], known: set[str]) -> list[str]:
             if dependency not in known:
                 problems.append(
                     f"{vm_path(name, 'dependsOn')}: unknown VM {dependency!r}; "
-                    f"use one of {_names(known)}"
+                    f"define [vms.{path_key(dependency)}] or remove it from dependsOn"
+                    + _listing("VMs", known - {name})
                 )
     graph = {name: [d for d in vm.depends_on if d in vms] for name, vm in vms.items()}
     for cycle in _cycles(graph):
@@ -208,7 +209,7 @@ def _netvm_references(vms: Mapping[str, VmConfig], known: set[str]) -> list[str]
             netvms = sorted(n for n, v in vms.items() if v.network.is_netvm)
             problems.append(
                 f'{path}: unknown VM {netvm!r}; use "host" or a VM with '
-                f"network.isNetvm = true ({_names(netvms)})"
+                "network.isNetvm = true" + _listing("netvms", netvms)
             )
         elif netvm in vms and not vms[netvm].network.is_netvm:
             problems.append(
@@ -417,6 +418,6 @@ def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
     return found
 
 
-def _names(names: Iterable[str]) -> str:
+def _listing(label: str, names: Iterable[str]) -> str:
     listed = sorted(names)
-    return ", ".join(repr(n) for n in listed) if listed else "no VM is defined"
+    return f" ({label}: {', '.join(listed)})" if listed else ""

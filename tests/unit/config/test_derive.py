@@ -81,7 +81,7 @@ def test_netvm_links_in_order_skipping_pinned() -> None:
         ],
         ipaddress.IPv4Network("10.200.0.0/16"),
     )
-    summary = [(l.netvm, l.client, str(l.subnet), l.bridge, l.pinned) for l in links]
+    summary = [(k.netvm, k.client, str(k.subnet), k.bridge, k.pinned) for k in links]
     assert summary == [
         ("host", "games", "10.200.0.0/31", None, False),
         ("host", "work", "10.200.0.2/31", None, True),
