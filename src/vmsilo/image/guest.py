@@ -1,0 +1,164 @@
+"""What vmsilo adds to the Debian root: its files, its configure script, its package set.
+
+Pure: returns file contents and shell text; ``build.py`` writes them into a staging tree that
+mmdebstrap copies into the image, then runs the configure script inside the image. The
+user's ``guestConfig`` files are applied after ours (a user file may replace one of ours) and
+the user's commands run last, in order.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmsilo.image.spec import GuestFile, ImageSpec, agent_files
+
+# The smallest complete systemd system vmsilo needs, besides the VM's guestPrograms.
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "python3",
+    "busybox-static",
+    "kmod",
+    "e2fsprogs",
+    "iproute2",
+    "linux-image-amd64",
+)
+
+# Slow under emulation and useless in a disposable VM, or interactive at first boot.
+MASKED_UNITS = (
+    "apt-daily.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.service",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.service",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.service",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.service",
+    "fstrim.timer",
+    "logrotate.service",
+    "logrotate.timer",
+    "man-db.service",
+    "man-db.timer",
+    "systemd-firstboot.service",
+    "systemd-networkd-wait-online.service",
+)
+
+AGENT_UNIT = """\
+[Unit]
+Description=vmsilo guest agent
+# Early, with no network or graphical session dependency: the host waits for its hello. The
+# channel device (/dev/virtio-ports/vmsilo.mux or vsock) exists once udev has triggered; if
+# it is not there yet the agent exits and is restarted.
+After=systemd-udev-trigger.service systemd-modules-load.service
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/python3 -m vmsilo.agent
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Root on the serial console without a password: the console socket is reachable only by
+# the host's root and the configured user, who own the VM anyway.
+AUTOLOGIN_DROPIN = """\
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 %I $TERM
+"""
+
+HOSTS = """\
+127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+"""
+
+AGENT_DEST = "/usr/lib/python3/dist-packages/vmsilo"
+CONFIGURE_SCRIPT = "/var/lib/vmsilo-build/configure.sh"
+
+# Docs, manuals and translations are dead weight in a VM image.
+DPKG_EXCLUDES = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+)
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: str
+    data: bytes
+    mode: int
+
+
+def packages(spec: ImageSpec) -> list[str]:
+    return sorted(set(BASE_PACKAGES) | set(spec.packages))
+
+
+def configure_script(spec: ImageSpec) -> str:
+    """Run inside the image (chroot) after the packages are installed."""
+    lines = [
+        "#!/bin/sh",
+        "set -eu",
+        "echo 'vmsilo-stage: configure'",
+        "groupadd --gid 1000 user",
+        "useradd --uid 1000 --gid 1000 --home-dir /home/user --create-home --shell /bin/bash user",
+        "ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime",
+        "echo Etc/UTC > /etc/timezone",
+        f"python3 -m compileall -q {AGENT_DEST}",
+        "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service",
+        "systemctl mask " + " ".join(MASKED_UNITS),
+    ]
+    if spec.enable_units:
+        lines.append("systemctl enable " + " ".join(shlex.quote(u) for u in spec.enable_units))
+    for number, command in enumerate(spec.commands, start=1):
+        quoted = shlex.quote(command)
+        banner = f"vmsilo-build: guestConfig command {number}: {command}"
+        lines.append(f"echo {shlex.quote(banner)}")
+        lines.append(
+            f"sh -ec {quoted} || {{ echo 'vmsilo-build: guestConfig command {number} failed' >&2;"
+            " exit 1; }"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[StagedFile]:
+    """Every file vmsilo writes into the image, ours first and then the user's."""
+    files = [
+        StagedFile("/etc/systemd/system/vmsilo-agent.service", AGENT_UNIT.encode(), 0o644),
+        StagedFile(
+            "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+            AUTOLOGIN_DROPIN.encode(),
+            0o644,
+        ),
+        StagedFile("/etc/hostname", b"vmsilo\n", 0o644),
+        StagedFile("/etc/hosts", HOSTS.encode(), 0o644),
+        StagedFile("/etc/fstab", b"# the root is set up by the vmsilo initramfs\n", 0o644),
+        StagedFile("/etc/default/locale", b"LANG=C.UTF-8\n", 0o644),
+        StagedFile(CONFIGURE_SCRIPT, configure_script(spec).encode(), 0o755),
+    ]
+    from vmsilo.image.spec import default_package_root
+
+    root = package_root or default_package_root()
+    for path in agent_files(root):
+        rel = path.relative_to(root)
+        files.append(StagedFile(f"{AGENT_DEST}/{rel}", path.read_bytes(), 0o644))
+    files.extend(_user_file(f) for f in spec.files)
+    return files
+
+
+def _user_file(guest_file: GuestFile) -> StagedFile:
+    return StagedFile(guest_file.path, guest_file.content.encode(), guest_file.mode)
