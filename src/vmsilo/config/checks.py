@@ -231,14 +231,12 @@ def _netvm_references(vms: Mapping[str, VmConfig], known: set[str]) -> list[str]
                 f"{interface_path(name, CLIENT_LINK_INTERFACE)}: the name is taken by the "
                 "netvm link of a VM with network.netvm; rename the interface"
             )
-    graph = {
-        name: [vm.network.netvm]
+    upstream_of = {
+        name: [netvm]
         for name, vm in vms.items()
-        if vm.network.netvm in vms and vm.network.netvm != name
+        if (netvm := vm.network.netvm) is not None and netvm in vms and netvm != name
     }
-    for cycle in _cycles(
-        {n: [t for t in targets if t is not None] for n, targets in graph.items()}
-    ):
+    for cycle in _cycles(upstream_of):
         chain = " -> ".join([*cycle, cycle[0]])
         problems.append(
             f"{vm_path(cycle[0], 'network', 'netvm')}: netvm cycle {chain}; "
