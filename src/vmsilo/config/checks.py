@@ -357,7 +357,8 @@ def _derived(config: VmsiloConfig) -> list[str]:
         if len(vm.interfaces) > MAX_INTERFACES:
             problems.append(
                 f"{vm_path(name, 'network', 'interfaces')}: {len(vm.interfaces)} interfaces "
-                f"(netvm links included); at most {MAX_INTERFACES} fit, remove some"
+                f"(netvm links included); at most {MAX_INTERFACES} fit in PCI slots 0x16-0x1f, "
+                "remove some"
             )
         for if_name, interface in vm.interfaces.items():
             where = f"VM {name!r} interface {if_name!r}"

@@ -22,7 +22,9 @@ from vmsilo.config.fields import IFNAMSIZ_MAX
 from vmsilo.config.model import FIRST_VM_ID, HOST_NETVM
 
 PCI_SLOT_BASE = 0x16
-MAX_INTERFACES = 15
+# PCI device numbers end at 0x1f, so slots 0x16..0x1f leave room for ten interfaces. (Upstream
+# documents fifteen, which would hand the VMM addresses 0x20..0x24 that do not exist.)
+MAX_INTERFACES = 0x1F - PCI_SLOT_BASE + 1
 CLIENT_LINK_INTERFACE = "upstream"
 LINK_BRIDGE_PREFIX = "vmsl-"
 
