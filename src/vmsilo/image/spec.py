@@ -175,6 +175,7 @@ def parse_mode(value: object, where: str) -> int:
 
 
 def spec_for_vm(
+    name: str,
     vm: Any,
     *,
     suite: str = DEFAULT_SUITE,
@@ -186,7 +187,6 @@ def spec_for_vm(
     commands: list[str] = []
     units: list[str] = []
     modules: Iterable[_ModuleLike] = getattr(vm, "guest_config", None) or ()
-    name = getattr(vm, "name", "?")
     for index, module in enumerate(modules):
         for guest_file in getattr(module, "files", None) or ():
             where = f"vms.{name}.guestConfig[{index}].files"
