@@ -15,6 +15,7 @@ from vmsilo.errors import UserError
 # Subcommand group -> module. A group is listed only once it works.
 GROUPS: dict[str, str] = {
     "config": "vmsilo.cli.config_cmd",
+    "image": "vmsilo.cli.image_cmd",
 }
 
 
