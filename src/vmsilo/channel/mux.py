@@ -436,3 +436,6 @@ class MuxConnection:
         self.closed.set()
         self._reset_all(reason)
         self._writer.close()
+        # Wake ``run``: on a character device the reading side is a separate transport
+        # that closing the writer does not end.
+        self._reader.feed_eof()
