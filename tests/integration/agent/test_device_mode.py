@@ -22,7 +22,10 @@ from vmsilo.protocol.mux import Role
 async def test_agent_serves_the_mux_on_a_character_device(tmp_path: Path) -> None:
     master, slave = os.openpty()
     tty.setraw(slave)
-    slave_path = os.ttyname(slave)
+    # A per-test name, so that no other agent (say, one left by a killed run) can open the
+    # PTY that later reuses this number.
+    device = tmp_path / "vmsilo.mux"
+    device.symlink_to(os.ttyname(slave))
     os.write(master, b"stale bytes from an earlier host connection")
     agent = proc.spawn(
         [
@@ -30,7 +33,7 @@ async def test_agent_serves_the_mux_on_a_character_device(tmp_path: Path) -> Non
             "-m",
             "vmsilo.agent",
             "--mux-device",
-            slave_path,
+            str(device),
             "--ports-dir",
             str(tmp_path / "ports"),
             "--default-user",
