@@ -16,6 +16,7 @@ from vmsilo.errors import UserError
 GROUPS: dict[str, str] = {
     "config": "vmsilo.cli.config_cmd",
     "image": "vmsilo.cli.image_cmd",
+    "daemon": "vmsilo.cli.daemon_cmd",
 }
 
 

@@ -103,7 +103,7 @@ def launch_spec(
         overlay=overlay,
         overlay_disk=overlay_disk,
         overlay_size=overlay_size,
-        layout=RuntimeLayout(paths.vm_runtime_dir(rvm.name)),
+        layout=RuntimeLayout(paths.vm_runtime_dir(rvm.name), paths.vm_log_dir(rvm.name)),
         extra_disks=extra_disks,
         nics=nics,
         kernel_params=tuple(vm.kernel_params),

@@ -81,6 +81,17 @@ class Paths:
     def vm_runtime_dir(self, vm: str) -> Path:
         return self.run_dir / vm
 
+    @property
+    def log_dir(self) -> Path:
+        if self.mode is Mode.SYSTEM and self.state_dir == Path("/var/lib/vmsilo"):
+            return Path("/var/log/vmsilo")
+        return self.state_dir / "logs"
+
+    def vm_log_dir(self, vm: str) -> Path:
+        """Console and VMM logs; they outlive the VM's runtime directory, so that a failed
+        start can point at them."""
+        return self.log_dir / vm
+
     def vm_state_dir(self, vm: str) -> Path:
         return self.state_dir / vm
 

@@ -98,6 +98,19 @@ class Backend(ABC):
                      gid: int | None = None) -> VmmProcess:
         """Start the VMM and return once its control channel answers."""
 
+    def owns_process(self, pid: int, spec: LaunchSpec) -> bool:
+        """Whether ``pid`` is alive and is the VMM started for ``spec`` (not a reused pid):
+        its command line carries the marker ``command`` put there."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return self.process_marker(spec).encode() in argv
+
+    @abstractmethod
+    def process_marker(self, spec: LaunchSpec) -> str:
+        """One argument of the VMM's command line that identifies this VM's VMM."""
+
     @abstractmethod
     async def request_shutdown(self, spec: LaunchSpec) -> None:
         """Ask the guest to power off through the VMM (ACPI power button or equivalent)."""

@@ -48,13 +48,17 @@ def _drive_args(disk: DiskSpec, drive_id: str) -> list[str]:
     return ["-drive", ",".join(drive), "-device", ",".join(device)]
 
 
+def process_marker(spec: LaunchSpec) -> str:
+    return f"{spec.name},process=vmsilo-{spec.name}"
+
+
 def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> list[str]:
     layout = spec.layout
     needs_pci = bool(spec.nics or spec.pci_devices)
     machine = f"microvm,pcie={'on' if needs_pci else 'off'},rtc=on,acpi=on"
     argv = [
         qemu,
-        "-name", f"{spec.name},process=vmsilo-{spec.name}",
+        "-name", process_marker(spec),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", machine,
         *accel.qemu_args,
@@ -98,6 +102,8 @@ def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> lis
         argv += ["-device", f"vfio-pci,sysfsdev={device}"]
     argv += [
         "-qmp", f"unix:{layout.control_socket},server=on,wait=off",
+        # QMP serves one client per socket: vmsilo-balloond gets its own.
+        "-qmp", f"unix:{layout.balloon_socket},server=on,wait=off",
         "-pidfile", str(layout.pidfile),
         "-sandbox", SANDBOX,
         "-msg", "timestamp=on",
@@ -131,6 +137,9 @@ class QemuBackend(Backend):
 
     def command(self, spec: LaunchSpec) -> list[str]:
         return build_command(spec, self.accel, self.qemu)
+
+    def process_marker(self, spec: LaunchSpec) -> str:
+        return process_marker(spec)
 
     async def launch(
         self, spec: LaunchSpec, *, uid: int | None = None, gid: int | None = None

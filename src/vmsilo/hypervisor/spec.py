@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 
 class OverlayKind(Enum):
@@ -39,13 +40,19 @@ class NicSpec:
 
 @dataclass(frozen=True)
 class RuntimeLayout:
-    """The files of one running VM under its runtime directory."""
+    """The files of one running VM: sockets under its runtime directory, logs in its log
+    directory (which outlives a stop or a failed start)."""
 
     runtime_dir: Path
+    log_dir: Path
 
     @property
     def control_socket(self) -> Path:  # QMP, cloud-hypervisor API, or crosvm control socket
         return self.runtime_dir / "vmm.sock"
+
+    @property
+    def balloon_socket(self) -> Path:  # a second QMP socket, for vmsilo-balloond alone
+        return self.runtime_dir / "balloon.sock"
 
     @property
     def channel_socket(self) -> Path:  # the virtio-serial mux, or hybrid vsock
@@ -57,11 +64,15 @@ class RuntimeLayout:
 
     @property
     def console_log(self) -> Path:
-        return self.runtime_dir / "console.log"
+        return self.log_dir / "console.log"
 
     @property
     def vmm_log(self) -> Path:
-        return self.runtime_dir / "vmm.log"
+        return self.log_dir / "vmm.log"
+
+    @property
+    def spec_file(self) -> Path:  # the LaunchSpec this VM was started with
+        return self.runtime_dir / "launch.json"
 
     @property
     def pidfile(self) -> Path:
@@ -110,3 +121,57 @@ class LaunchSpec:
         params += [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
         params += self.kernel_params
         return " ".join(params)
+
+
+def spec_to_json(spec: LaunchSpec) -> dict[str, object]:
+    """The spec as JSON data, saved next to a running VM so a restarted vmsilod can re-adopt
+    it with exactly the settings it was started with (not whatever the config says now)."""
+
+    def disk(d: DiskSpec | None) -> dict[str, object] | None:
+        if d is None:
+            return None
+        return {"path": str(d.path), "serial": d.serial, "readonly": d.readonly,
+                "format": d.format, "discard": d.discard, "direct": d.direct,
+                "block_size": d.block_size}
+
+    return {
+        "name": spec.name, "cid": spec.cid, "memory_mb": spec.memory_mb, "cpus": spec.cpus,
+        "kernel": str(spec.kernel), "initrd": str(spec.initrd) if spec.initrd else None,
+        "root": disk(spec.root), "overlay": spec.overlay.value,
+        "overlay_disk": disk(spec.overlay_disk), "overlay_size": spec.overlay_size,
+        "runtime_dir": str(spec.layout.runtime_dir), "log_dir": str(spec.layout.log_dir),
+        "extra_disks": [disk(d) for d in spec.extra_disks],
+        "nics": [{"name": n.name, "tap": n.tap, "mac": n.mac, "pci_slot": n.pci_slot}
+                 for n in spec.nics],
+        "kernel_params": list(spec.kernel_params), "pci_devices": list(spec.pci_devices),
+        "extra_args": list(spec.extra_args), "balloon": spec.balloon,
+        "use_vsock": spec.use_vsock, "labels": dict(spec.labels),
+    }  # fmt: skip
+
+
+def spec_from_json(data: dict[str, Any]) -> LaunchSpec:
+    """Inverse of ``spec_to_json``. The file is ours (root-owned runtime dir); a malformed one
+    raises KeyError/TypeError/ValueError, which the caller treats as "cannot re-adopt"."""
+
+    def disk(d: dict[str, Any] | None) -> DiskSpec | None:
+        if d is None:
+            return None
+        return DiskSpec(Path(d["path"]), str(d["serial"]), bool(d["readonly"]), str(d["format"]),
+                        bool(d["discard"]), bool(d["direct"]), d["block_size"])
+
+    root = disk(data["root"])
+    assert root is not None
+    return LaunchSpec(
+        name=str(data["name"]), cid=int(data["cid"]), memory_mb=int(data["memory_mb"]),
+        cpus=int(data["cpus"]), kernel=Path(data["kernel"]),
+        initrd=Path(data["initrd"]) if data["initrd"] else None, root=root,
+        overlay=OverlayKind(data["overlay"]), overlay_disk=disk(data["overlay_disk"]),
+        overlay_size=int(data["overlay_size"]),
+        layout=RuntimeLayout(Path(data["runtime_dir"]), Path(data["log_dir"])),
+        extra_disks=tuple(d for d in map(disk, data["extra_disks"]) if d is not None),
+        nics=tuple(NicSpec(str(n["name"]), str(n["tap"]), str(n["mac"]), int(n["pci_slot"]))
+                   for n in data["nics"]),
+        kernel_params=tuple(data["kernel_params"]), pci_devices=tuple(data["pci_devices"]),
+        extra_args=tuple(data["extra_args"]), balloon=bool(data["balloon"]),
+        use_vsock=bool(data["use_vsock"]), labels=dict(data["labels"]),
+    )  # fmt: skip

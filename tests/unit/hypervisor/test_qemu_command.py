@@ -24,7 +24,7 @@ def make_spec(**changes: object) -> LaunchSpec:
         overlay=OverlayKind.DISK,
         overlay_disk=DiskSpec(Path("/state/overlay.raw"), "vmsilo-overlay", False, discard=True),
         overlay_size=10 << 30,
-        layout=RuntimeLayout(Path("/run/vmsilo/banking")),
+        layout=RuntimeLayout(Path("/run/vmsilo/banking"), Path("/var/log/vmsilo/banking")),
     )
     base.update(changes)
     return LaunchSpec(**base)  # type: ignore[arg-type]
@@ -106,9 +106,12 @@ def test_console_is_logged_and_attachable() -> None:
     chardevs = option_values(argv, "-chardev")
     console = next(c for c in chardevs if c.startswith("socket,id=console,"))
     assert "path=/run/vmsilo/banking/console.sock" in console
-    assert "logfile=/run/vmsilo/banking/console.log" in console
+    assert "logfile=/var/log/vmsilo/banking/console.log" in console
     assert option_values(argv, "-serial") == ["chardev:console"]
-    assert option_values(argv, "-qmp") == ["unix:/run/vmsilo/banking/vmm.sock,server=on,wait=off"]
+    assert option_values(argv, "-qmp") == [
+        "unix:/run/vmsilo/banking/vmm.sock,server=on,wait=off",
+        "unix:/run/vmsilo/banking/balloon.sock,server=on,wait=off",
+    ]
 
 
 def test_pci_passthrough_and_extra_disks() -> None:

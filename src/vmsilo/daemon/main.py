@@ -1,0 +1,170 @@
+"""vmsilod's process: wire config, backend, supervisor and control socket together, re-adopt
+running VMs, autoStart, then serve until told to exit.
+
+SIGHUP reloads the config. SIGTERM and SIGINT end the daemon but leave VMs running: their
+VMMs live in their own sessions, and the next vmsilod re-adopts them (stop them first with
+``vm-stop --all`` if that is what you want). Under systemd (``NOTIFY_SOCKET`` set) readiness is
+reported once the control socket accepts connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
+from vmsilo.daemon.plan import launch_spec
+from vmsilo.daemon.server import ControlServer
+from vmsilo.daemon.supervisor import Supervisor
+from vmsilo.daemon.vm import Timeouts, VmController
+from vmsilo.errors import UserError
+from vmsilo.host.paths import Mode, Paths
+from vmsilo.hypervisor.base import Backend
+from vmsilo.hypervisor.qemu import QemuBackend
+from vmsilo.hypervisor.spec import LaunchSpec
+from vmsilo.image import manifest
+from vmsilo.image.spec import agent_digest, spec_for_vm
+
+log = logging.getLogger("vmsilod")
+
+
+def notify_systemd(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+def image_dir_for(name: str, rvm: ResolvedVm, paths: Paths, suite: str, mirror: str,
+                  agent: str) -> Path:
+    spec = spec_for_vm(name, rvm.vm, suite=suite, mirror=mirror, agent=agent)
+    image = paths.image(spec.digest())
+    if manifest.read(image) is None:
+        raise UserError(f"VM {name}: its image is not built; build it with: "
+                        f"vmsilo image build {name}")
+    return image
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, paths: Paths,
+                 timeouts: Timeouts | None = None) -> None:
+        self.config_path = config_path
+        self.paths = paths
+        self.timeouts = timeouts or Timeouts()
+        loaded = load_config(config_path)
+        if loaded.is_default:
+            print("vmsilod: no config file; using the embedded default (one offline VM "
+                  "'demo')", file=sys.stderr)
+        self.config = loaded.config
+        if not self.config.enable:
+            raise UserError("the config has enable = false, so vmsilod manages no VM; set "
+                            "enable = true")
+        self.owner: tuple[int, int] | None = None
+        self.allowed_uids = {0, os.getuid()}
+        self.group: int | None = None
+        if paths.mode is Mode.SYSTEM:
+            try:
+                entry = pwd.getpwnam(self.config.user)
+            except KeyError:
+                raise UserError(f"user: no user named {self.config.user!r} on this host; set "
+                                "user to the account that runs the desktop session") from None
+            self.allowed_uids.add(entry.pw_uid)
+            self.group = entry.pw_gid
+            if entry.pw_uid != 0:
+                self.owner = (entry.pw_uid, entry.pw_gid)
+        self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
+        self.supervisor = Supervisor(resolve(self.config), self._controller, self._reload)
+        self.server = ControlServer(self.supervisor, paths.control_socket, self.allowed_uids,
+                                    self.group)
+
+    def _reload(self) -> Resolved:
+        loaded = load_config(self.config_path)
+        self.config = loaded.config
+        return resolve(loaded.config)
+
+    def _plan(self, rvm: ResolvedVm) -> LaunchSpec:
+        vm = rvm.vm
+        if vm.hypervisor not in self.backends:
+            raise UserError(f"vms.{rvm.name}.hypervisor: {vm.hypervisor} VMs cannot be started "
+                            'by this version yet; use hypervisor = "qemu"')
+        image = None
+        if vm.kernel is None or vm.root_disk is None:
+            image = image_dir_for(rvm.name, rvm, self.paths, self.config.image.suite,
+                                  self.config.image.mirror, agent_digest())
+        return launch_spec(rvm, image, self.paths)
+
+    def _controller(self, rvm: ResolvedVm) -> VmController:
+        backend = self.backends.get(rvm.vm.hypervisor, self.backends["qemu"])
+        return VmController(rvm, backend, self._plan, owner=self.owner,
+                            timeouts=self.timeouts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if await _daemon_answers(self.paths.control_socket):
+            raise UserError(f"vmsilod is already running (control socket "
+                            f"{self.paths.control_socket})")
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        accel = getattr(self.backends["qemu"], "accel", None)
+        if accel is not None:
+            log.info("QEMU accelerator: %s", accel.describe())
+        adopted = await self.supervisor.readopt_all(self.paths.vm_runtime_dir)
+        if adopted:
+            log.info("re-adopted running VMs: %s", ", ".join(adopted))
+        await self.server.start()
+        log.info("listening on %s (%s mode)", self.paths.control_socket, self.paths.mode.value)
+        notify_systemd("READY=1")
+        autostart = asyncio.create_task(self.supervisor.autostart())
+        await stop.wait()
+        autostart.cancel()
+        notify_systemd("STOPPING=1")
+        await self.server.close()
+
+
+async def _daemon_answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def run(config_path: Path | None, paths: Paths | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("VMSILO_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s vmsilod %(levelname)s %(name)s: %(message)s",
+    )
+    daemon = Daemon(config_path, paths or Paths.for_mode())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        reloads: set[asyncio.Future[None]] = set()
+
+        def reload() -> None:
+            async def go() -> None:
+                try:
+                    pending = await daemon.supervisor.reload()
+                    log.info("config reloaded; pending a restart: %s", ", ".join(pending) or "none")
+                except UserError as exc:
+                    log.error("reload refused, keeping the old config: %s", exc)
+
+            reloads.add(task := asyncio.ensure_future(go()))
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        await daemon.run(stop)
+
+    asyncio.run(main())
+    return 0
