@@ -23,11 +23,13 @@ ENV_SOCKET = "VMSILO_CONTROL_SOCKET"
 
 
 def control_socket_path() -> Path:
+    """Root talks to the system daemon; another user to the system daemon when one runs,
+    else to their own user-mode daemon."""
     explicit = os.environ.get(ENV_SOCKET)
     if explicit:
         return Path(explicit)
     system = Paths.for_mode(Mode.SYSTEM).control_socket
-    if system.exists():
+    if os.geteuid() == 0 or system.exists():
         return system
     return Paths.for_mode(Mode.USER).control_socket
 

@@ -315,6 +315,19 @@ class VmController:
 
     # -- re-adoption ------------------------------------------------------------------------
 
+    def _kill_orphan(self, runtime_dir: Path) -> None:
+        """A VMM we cannot re-adopt must not run on unmanaged: kill it if its pidfile names a
+        live process whose command line marks it as this VM's VMM."""
+        try:
+            pid = int((runtime_dir / "vmm.pid").read_text().strip())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if f"process=vmsilo-{self.name}".encode() in argv:
+            log.warning("VM %s: killing its unmanageable VMM (pid %d)", self.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
     async def readopt(self, runtime_dir: Path) -> bool:
         """Take over a VM whose VMM outlived the previous vmsilod. True if it runs."""
         spec_file = runtime_dir / "launch.json"
@@ -324,7 +337,9 @@ class VmController:
             spec = spec_from_json(json.loads(spec_file.read_text()))
             pid = int((spec.layout.pidfile).read_text().strip())
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            log.warning("VM %s: cannot read %s (%s); cleaning up", self.name, spec_file, exc)
+            log.warning("VM %s: cannot read %s (%s); stopping what is left", self.name,
+                        spec_file, exc)
+            self._kill_orphan(runtime_dir)
             resources.release_runtime_dir_at(runtime_dir)
             return False
         self.spec = spec
