@@ -7,6 +7,7 @@ Every other module asks this one; no path is spelled out anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -39,7 +40,16 @@ class Paths:
 
     @classmethod
     def for_mode(cls, mode: Mode | None = None) -> Paths:
-        mode = mode or default_mode()
+        """The paths of ``mode``. ``VMSILO_ROOT`` moves everything below one directory and
+        ``VMSILO_IMAGE_DIR`` moves the image store alone (tests share one built image)."""
+        paths = cls._for_mode(mode or default_mode())
+        images = os.environ.get("VMSILO_IMAGE_DIR")
+        if images:
+            paths = dataclasses.replace(paths, image_dir=Path(images))
+        return paths
+
+    @classmethod
+    def _for_mode(cls, mode: Mode) -> Paths:
         override = os.environ.get("VMSILO_ROOT")
         if override:
             return cls.under(Path(override), mode)

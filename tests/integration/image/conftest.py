@@ -8,15 +8,16 @@ the builder changed, which changes the digest.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from vmsilo.host.paths import Mode, Paths
-from vmsilo.image.build import BuildResult, build_image
-from vmsilo.image.spec import ImageSpec, agent_digest
-
-TEST_IMAGE_ROOT = Path(os.environ.get("VMSILO_TEST_IMAGE_ROOT", "/var/tmp/vmsilo-test-images"))
+from tests.support.images import (  # TEST_IMAGE_ROOT is re-exported to the test modules
+    TEST_IMAGE_ROOT as TEST_IMAGE_ROOT,
+)
+from tests.support.images import build_default_image, default_spec, image_paths
+from vmsilo.host.paths import Paths
+from vmsilo.image.build import BuildResult
+from vmsilo.image.spec import ImageSpec
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="image builds run mmdebstrap --mode=root and mount (needs root)"
@@ -24,15 +25,15 @@ needs_root = pytest.mark.skipif(
 
 
 def test_paths() -> Paths:
-    return Paths.under(TEST_IMAGE_ROOT, Mode.SYSTEM)
+    return image_paths()
 
 
 def test_spec() -> ImageSpec:
-    return ImageSpec(agent_digest=agent_digest())
+    return default_spec()
 
 
 @pytest.fixture(scope="session")
 def built_image() -> BuildResult:
     if os.geteuid() != 0:
         pytest.skip("image builds need root here")
-    return build_image(test_spec(), test_paths())
+    return build_default_image()
