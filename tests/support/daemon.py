@@ -95,10 +95,12 @@ class RunningDaemon:
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
     def cli(self, command: str, *args: str, input: bytes | None = None, timeout: float = 300,
-            user: int | None = None) -> subprocess.CompletedProcess[bytes]:
+            env_override: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        env = self.env()
+        env.update(env_override or {})
         return subprocess.run(
-            [str(BIN / command), *args], env=self.env(), input=input,
-            capture_output=True, timeout=timeout, check=False, user=user,
+            [str(BIN / command), *args], env=env, input=input,
+            capture_output=True, timeout=timeout, check=False,
         )
 
     def popen(self, command: str, *args: str) -> subprocess.Popen[bytes]:

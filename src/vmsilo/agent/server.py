@@ -26,9 +26,11 @@ from vmsilo.protocol.mux import Role
 log = logging.getLogger(__name__)
 
 SPLICE_CHUNK = 64 * 1024
-# How long to wait before reopening the port device after the host side went away; the
-# device reports end-of-file continuously while no host is connected.
+# How long to wait before reopening the port device after its connection ended (a protocol
+# violation or a device error).
 REOPEN_DELAY = 0.5
+# While no host is connected the device reports end-of-file continuously; look this often.
+HOST_ABSENT_POLL = 0.2
 
 
 class Agent:
@@ -75,8 +77,8 @@ class Agent:
             await server.serve_forever()
 
     async def serve_mux_device(self, path: Path) -> None:
-        """Serve the multiplexer on the virtio-serial port device, reopening it whenever the
-        host side goes away."""
+        """Serve the multiplexer on the virtio-serial port device. The connection (and its
+        session) lives across host disconnects; the device is reopened only when it ends."""
         log.info("serving the multiplexer on %s", path)
         while True:
             try:
@@ -85,12 +87,13 @@ class Agent:
                 log.warning("cannot open %s: %s", path, exc)
                 await asyncio.sleep(REOPEN_DELAY)
                 continue
-            reader, writer, read_transport = await _pipe_streams(fd)
+            reader, writer, feeder = await _port_streams(fd)
             try:
                 await self.run_mux(reader, writer)
             finally:
+                feeder.stop()
                 writer.close()
-                read_transport.close()
+                os.close(fd)
             await asyncio.sleep(REOPEN_DELAY)
 
     async def serve_vsock(self, port: int = EXEC_PORT) -> None:
@@ -113,23 +116,67 @@ class Agent:
             await server.serve_forever()
 
 
-async def _pipe_streams(
-    fd: int,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.BaseTransport]:
-    """asyncio streams over a character device opened read-write (one fd per direction,
-    because each pipe transport closes its own)."""
+class _PortFeeder:
+    """Feeds a StreamReader from the virtio-serial port device.
+
+    While no host is connected the port reads as end-of-file. That is not the end of the
+    connection: the host may be a vmsilod that is restarting, and it reconnects to the same
+    guest connection (same mux session), so the agent's streams and session survive. Ending
+    the connection on EOF instead would race with the reconnect: the guest's "host connected"
+    notice and the host's first bytes travel on different virtio queues, so a fresh host could
+    be greeted by one session and then see another. EOF therefore only pauses reading for a
+    moment; a real read error ends the connection.
+    """
+
+    def __init__(self, fd: int, reader: asyncio.StreamReader) -> None:
+        self._fd = fd
+        self._reader = reader
+        self._loop = asyncio.get_running_loop()
+        self._retry: asyncio.TimerHandle | None = None
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 256 * 1024)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("reading the port device failed: %s", exc)
+            self.stop()
+            self._reader.feed_eof()
+            return
+        if data:
+            self._reader.feed_data(data)
+            return
+        # No host connected: the device polls as hung up until one is, so look again later.
+        self._loop.remove_reader(self._fd)
+        self._retry = self._loop.call_later(HOST_ABSENT_POLL, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        self._loop.add_reader(self._fd, self._readable)
+
+    def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._loop.remove_reader(self._fd)
+
+
+async def _port_streams(fd: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _PortFeeder]:
+    """asyncio streams over the port device (a dup of the fd for writing, because the write
+    pipe transport closes its own)."""
     loop = asyncio.get_running_loop()
-    write_fd = os.dup(fd)
     reader = asyncio.StreamReader(limit=2**20)
-    read_transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
+    feeder = _PortFeeder(fd, reader)
+    write_fd = os.dup(fd)
     write_transport, write_protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
         os.fdopen(write_fd, "wb", buffering=0),
     )
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
-    return reader, writer, read_transport
+    return reader, writer, feeder
 
 
 async def splice_streams(

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from vmsilo.channel.stream import ChannelError, StreamRefusedError, StreamResetError
@@ -217,6 +218,8 @@ class MuxConnection:
         self._last_peer_id = 0 if role is Role.HOST else -1
         self._decoder = wire.MuxDecoder()
         self.established = asyncio.Event()
+        self._session = secrets.randbits(64)  # this connection instance, named in our HELLOs
+        self._peer_session: int | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._handler_tasks: set[asyncio.Task[None]] = set()
@@ -226,7 +229,7 @@ class MuxConnection:
     async def run(self) -> None:
         """Send HELLO, then read and dispatch frames until the connection ends."""
         try:
-            self._send(wire.encode_hello(self.role, reply=False))
+            self._send(wire.encode_hello(self.role, reply=False, session=self._session))
             while True:
                 data = await self._reader.read(READ_SIZE)
                 if not data:
@@ -300,14 +303,17 @@ class MuxConnection:
     def _on_hello(self, hello: wire.Hello) -> None:
         if hello.role is self.role:
             raise MuxConnectionError(f"peer claims our own role {hello.role.name}")
-        if hello.reply:
-            self.established.set()
-            return
-        if self.established.is_set():
+        restarted = self.established.is_set() and hello.session != self._peer_session
+        if restarted:
             log.info("%s: peer restarted (new HELLO); resetting all streams", self.peer_name)
             self._reset_all("peer restarted")
+            # A new peer numbers its streams from the start again.
+            self._last_peer_id = 0 if self.role is Role.HOST else -1
+        duplicate = self.established.is_set() and not restarted
+        self._peer_session = hello.session
         self.established.set()
-        self._send(wire.encode_hello(self.role, reply=True))
+        if not hello.reply and not duplicate:
+            self._send(wire.encode_hello(self.role, reply=True, session=self._session))
 
     def _dispatch(self, frame: wire.Frame) -> None:
         wire.check_payload_size(frame)

@@ -142,7 +142,10 @@ def run(config_path: Path | None, paths: Paths | None = None) -> int:
         level=os.environ.get("VMSILO_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s vmsilod %(levelname)s %(name)s: %(message)s",
     )
-    daemon = Daemon(config_path, paths or Paths.for_mode())
+    timeouts = Timeouts()
+    if os.environ.get("VMSILO_AGENT_TIMEOUT"):  # slow hosts, and tests of a silent agent
+        timeouts = Timeouts(agent_hello=float(os.environ["VMSILO_AGENT_TIMEOUT"]))
+    daemon = Daemon(config_path, paths or Paths.for_mode(), timeouts)
 
     async def main() -> None:
         stop = asyncio.Event()

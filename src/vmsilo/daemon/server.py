@@ -100,6 +100,11 @@ class ControlServer:
                     False, error=f"permission denied: uid {peer.uid} may not control vmsilo "
                     "VMs; run as root or as the user named in the config"))
                 await writer.drain()
+                # Closing with the peer's request still unread would reset the connection and
+                # could lose the refusal: half-close, then drain a little (bounded) first.
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(reader.read(control.MAX_LINE), 2.0)
                 return
             await self._handle(reader, writer, peer)
         except (ConnectionError, EOFError):

@@ -30,6 +30,10 @@ DEFAULT_WINDOW = 1024 * 1024
 MAX_STREAM_ID = 2**32 - 1
 
 
+# role, flags (bit 0: reply), the sender's session id
+HELLO_PAYLOAD = struct.Struct("!BBQ")
+
+
 class FrameType(IntEnum):
     HELLO = 1
     OPEN = 2
@@ -55,7 +59,7 @@ class FrameSpec:
 
 
 FRAME_TYPES: dict[int, FrameSpec] = {
-    FrameType.HELLO: FrameSpec(2, 2, connection_level=True),
+    FrameType.HELLO: FrameSpec(HELLO_PAYLOAD.size, HELLO_PAYLOAD.size, connection_level=True),
     FrameType.OPEN: FrameSpec(8, 8),
     FrameType.ACCEPT: FrameSpec(4, 4),
     FrameType.REFUSE: FrameSpec(0, MAX_REASON),
@@ -124,24 +128,29 @@ _OPEN = struct.Struct(">II")
 class Hello(NamedTuple):
     role: Role
     reply: bool
+    # Random per connection instance of the sender. A second HELLO with the session we already
+    # know is a duplicate (both ends greeted at once, e.g. after a host reconnect), not a
+    # restart of the peer, and must not reset the streams opened in between.
+    session: int = 0
 
 
-def encode_hello(role: Role, *, reply: bool) -> bytes:
-    return encode_frame(FrameType.HELLO, 0, bytes([role, 1 if reply else 0]))
+
+def encode_hello(role: Role, *, reply: bool, session: int = 0) -> bytes:
+    return encode_frame(FrameType.HELLO, 0, HELLO_PAYLOAD.pack(role, 1 if reply else 0, session))
 
 
 def parse_hello(untrusted_payload: bytes) -> Hello:
-    if len(untrusted_payload) != 2:
-        raise MuxConnectionError("HELLO payload must be 2 bytes")
-    untrusted_role, untrusted_flags = untrusted_payload
+    if len(untrusted_payload) != HELLO_PAYLOAD.size:
+        raise MuxConnectionError(f"HELLO payload must be {HELLO_PAYLOAD.size} bytes")
+    untrusted_role, untrusted_flags, session = HELLO_PAYLOAD.unpack(untrusted_payload)
     if untrusted_role not in (Role.HOST, Role.GUEST):
         raise MuxConnectionError(f"HELLO with unknown role {untrusted_role}")
     if untrusted_flags not in (0, 1):
         raise MuxConnectionError(f"HELLO with unknown flags {untrusted_flags:#x}")
-    return Hello(Role(untrusted_role), bool(untrusted_flags))
+    return Hello(Role(untrusted_role), bool(untrusted_flags), session)
 
 
-HELLO_HEADER_PREFIX = HEADER.pack(MAGIC, VERSION, FrameType.HELLO, 0, 2)
+HELLO_HEADER_PREFIX = HEADER.pack(MAGIC, VERSION, FrameType.HELLO, 0, HELLO_PAYLOAD.size)
 
 
 def _check_window(untrusted_window: int) -> int:
@@ -247,13 +256,14 @@ class MuxDecoder:
                 self._pos = len(self._buf) - keep
                 return None
             self._pos = index
-            if self.buffered < HEADER_SIZE + 2:
+            end = index + HEADER_SIZE + HELLO_PAYLOAD.size
+            if len(self._buf) < end:
                 return None
-            payload = bytes(self._buf[index + HEADER_SIZE : index + HEADER_SIZE + 2])
+            payload = bytes(self._buf[index + HEADER_SIZE : end])
             try:
                 hello = parse_hello(payload)
             except MuxConnectionError:
                 self._pos = index + 1
                 continue
-            self._pos = index + HEADER_SIZE + 2
+            self._pos = end
             return hello

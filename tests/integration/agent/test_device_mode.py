@@ -11,7 +11,7 @@ import sys
 import tty
 from pathlib import Path
 
-from vmsilo.agent.server import _pipe_streams
+from vmsilo.agent.server import _port_streams
 from vmsilo.channel.exec_client import ExecClient
 from vmsilo.channel.mux import MuxConnection
 from vmsilo.host import proc
@@ -42,7 +42,8 @@ async def test_agent_serves_the_mux_on_a_character_device(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[3] / "src")},
     )
-    reader, writer, read_transport = await _pipe_streams(os.dup(master))
+    host_fd = os.dup(master)
+    reader, writer, feeder = await _port_streams(host_fd)
     conn = MuxConnection(reader, writer, role=Role.HOST, peer_name="vm devtest")
     runner = asyncio.create_task(conn.run())
     try:
@@ -62,7 +63,9 @@ async def test_agent_serves_the_mux_on_a_character_device(tmp_path: Path) -> Non
     finally:
         await conn.close()
         await asyncio.gather(runner, return_exceptions=True)
-        read_transport.close()
+        feeder.stop()
+        writer.close()
+        os.close(host_fd)
         agent.terminate()
         agent.wait(10)
         if agent.stderr is not None:

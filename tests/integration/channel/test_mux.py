@@ -208,6 +208,29 @@ async def test_peer_restart_resets_streams_and_handshakes_again(pair: Pair) -> N
     assert not pair.host.closed.is_set()
 
 
+async def test_a_restarted_host_numbers_its_streams_from_the_start(pair: Pair) -> None:
+    """The guest's connection outlives a host restart (vmsilod re-adopting its VM): the new
+    host's first stream id, 1, must be accepted although the old host used higher ones."""
+    for _ in range(3):
+        assert await echo_round_trip(pair.host, b"old host") == b"old host"
+    # The new host greets with its own session, then opens its stream 1.
+    pair.guest._on_hello(wire.Hello(Role.HOST, False, 12345))
+    pair.guest._on_open(1, wire.Open(SINK, wire.MIN_WINDOW))
+    assert 1 in pair.guest._streams
+
+
+async def test_duplicate_hello_from_the_same_peer_keeps_streams(pair: Pair) -> None:
+    """After a host reconnect both ends greet at once; the guest's second HELLO names the
+    session the host already knows and must not reset the stream opened in between."""
+    stream = await pair.host.open_stream(SINK, timeout=5)
+    same_guest = pair.guest._session
+    pair.guest_writer.write(wire.encode_hello(Role.GUEST, reply=False, session=same_guest))
+    pair.guest_writer.write(wire.encode_hello(Role.GUEST, reply=True, session=same_guest))
+    await asyncio.sleep(0.1)
+    assert not stream.is_reset
+    assert await echo_round_trip(pair.host, b"still open") == b"still open"
+
+
 async def test_garbage_before_hello_is_skipped() -> None:
     host_sock, guest_sock = socket.socketpair()
     guest_sock.sendall(b"leftover bytes from a previous host \x00\x01VX")

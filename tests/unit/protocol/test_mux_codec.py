@@ -35,7 +35,7 @@ def test_frames_round_trip_through_the_decoder_in_small_pieces() -> None:
         FrameType.EOF,
         FrameType.RESET,
     ]
-    assert wire.parse_hello(decoded[0].payload) == wire.Hello(Role.HOST, False)
+    assert wire.parse_hello(decoded[0].payload) == wire.Hello(Role.HOST, False, 0)
     assert wire.parse_open(decoded[1].payload) == wire.Open(5000, wire.DEFAULT_WINDOW)
     assert wire.parse_accept(decoded[2].payload) == wire.MIN_WINDOW
     assert decoded[3].payload == b"payload" * 1000
@@ -90,7 +90,7 @@ def test_payload_size_table() -> None:
 
 
 def test_hello_validation() -> None:
-    for payload in (b"\x03\x00", b"\x01\x02", b"\x01"):
+    for payload in (b"\x03\x00" + bytes(8), b"\x01\x02" + bytes(8), b"\x01\x00", b"\x01"):
         with pytest.raises(MuxConnectionError):
             wire.parse_hello(payload)
 
@@ -101,12 +101,12 @@ def test_reason_is_made_safe_to_log() -> None:
 
 def test_hunting_skips_garbage_and_false_starts() -> None:
     decoder = MuxDecoder()
-    fake = wire.HELLO_HEADER_PREFIX + b"\x07\x07"  # right header, invalid role
+    fake = wire.HELLO_HEADER_PREFIX + b"\x07\x07" + bytes(8)  # right header, invalid role
     decoder.feed(b"junk" * 100 + fake + wire.HELLO_HEADER_PREFIX[:5])
     assert decoder.hunt_hello() is None
-    decoder.feed(wire.HELLO_HEADER_PREFIX[5:] + b"\x02\x01")
+    decoder.feed(wire.HELLO_HEADER_PREFIX[5:] + b"\x02\x01" + (7).to_bytes(8, "big"))
     decoder.feed(wire.encode_frame(FrameType.EOF, 2))
-    assert decoder.hunt_hello() == wire.Hello(Role.GUEST, True)
+    assert decoder.hunt_hello() == wire.Hello(Role.GUEST, True, 7)
     assert decoder.next_frame() == Frame(FrameType.EOF, 2, b"")
 
 
