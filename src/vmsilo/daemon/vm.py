@@ -210,7 +210,8 @@ class VmController:
             await undo()
             raise StageError(
                 "agent",
-                "the guest agent never said hello; the kernel or init may have failed",
+                f"the guest agent did not say hello within {self.timeouts.agent_hello:g} s; "
+                "the kernel or init may have failed",
             ) from None
         finally:
             for task in (hello, died):

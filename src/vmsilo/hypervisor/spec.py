@@ -109,7 +109,10 @@ class LaunchSpec:
         """Everything per-VM reaches the guest here; the image is the same for every VM."""
         params = [
             "console=ttyS0",
-            "panic=-1",  # a guest kernel panic ends the VMM instead of hanging it
+            "panic=-1",  # a guest kernel panic ends the VMM instead of hanging it...
+            # ...by a triple fault: a microvm has no keyboard controller, and the kernel's
+            # default reboot methods can spin there instead of resetting.
+            "reboot=t",
             "quiet",
             "loglevel=4",
             f"vmsilo.name={self.name}",
