@@ -8,7 +8,7 @@ setup:
 	@scripts/bootstrap.sh
 
 demo: setup
-	$(BIN)/vmsilo config show
+	VENV=$(VENV) scripts/demo.sh
 
 lint: setup
 	$(BIN)/ruff check src tests bench
