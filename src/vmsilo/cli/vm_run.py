@@ -126,3 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"vm-run: {exc}", file=sys.stderr)
         return OWN_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,3 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{args.vm}: running")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,3 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"{args.vm}: {reply.get('how', 'stopped')}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,3 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"vsock-connect: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,6 +96,15 @@ class Daemon:
         if vm.hypervisor not in self.backends:
             raise UserError(f"vms.{rvm.name}.hypervisor: {vm.hypervisor} VMs cannot be started "
                             'by this version yet; use hypervisor = "qemu"')
+        if self.paths.mode is Mode.USER:
+            needs_root = [f"network interface {name!r}" for name, iface in rvm.interfaces.items()
+                          if iface.tap_name is not None]
+            needs_root += [f"PCI device {dev.path}" for dev in vm.pci_devices]
+            if needs_root:
+                raise UserError(
+                    f"VM {rvm.name} needs root for its {', '.join(needs_root)}; vmsilod runs "
+                    "in user mode (not as root), which gives VMs no TAP networking and no PCI "
+                    "devices: run vmsilod as root, or remove them from the VM")
         image = None
         if vm.kernel is None or vm.root_disk is None:
             image = image_dir_for(rvm.name, rvm, self.paths, self.config.image.suite,
