@@ -1,0 +1,137 @@
+"""What a user waits for (issue 4): warm and cold ``vm-run``, against the channel's baselines.
+
+A real vmsilod (``tests.support.daemon.RunningDaemon``: its own throwaway root, the cached test
+image) manages the default ``demo`` VM; the installed ``vm-run`` command talks to it. The
+baselines come from the same VM configuration booted directly by the benchmark (as in
+``bench.channel``), in the same run, alternating with the daemon's runs:
+
+4. warm ``vm-run demo true`` (the VM runs; a new process each time) vs. the raw exec round
+   trip (``ExecClient.run`` of ``true`` over the benchmark's own ``SerialMuxTransport``).
+   Two more rows split the difference: the same exec asked of vmsilod in-process (control
+   socket ``open`` + exec protocol, no new process) against the raw exec, and warm vm-run
+   against ``vm-run --help`` (the interpreter's start and vm-run's imports alone).
+5. cold ``vm-run demo true`` (the VM is stopped; vm-run starts it, then runs ``true``) vs.
+   boot to agent hello of the directly booted VM.
+
+Run as root: ``.venv/bin/python -m bench.lifecycle``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from rich.console import Console
+from tests.support.daemon import RunningDaemon
+
+from bench import vms
+from bench.channel import HANG_TIMEOUT, exec_true
+from bench.common import Comparison, Sample, print_comparisons
+from vmsilo.channel.exec_client import ExecSession
+from vmsilo.channel.stream import SocketStream
+from vmsilo.cli import client
+from vmsilo.protocol import control
+from vmsilo.protocol.exec import EXEC_PORT, ExecRequest
+
+ROUNDS = 3  # each: one cold vm-run, warm runs, one direct boot, raw execs
+WARM_RUNS = 8
+RAW_RUNS = 8
+
+
+def timed_cli(daemon: RunningDaemon, *argv: str) -> float:
+    start = time.perf_counter()
+    result = daemon.cli(*argv, timeout=HANG_TIMEOUT * 2)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: "
+                           f"{result.stderr.decode(errors='replace').strip()}\n{daemon.log()}")
+    return elapsed
+
+
+async def exec_through_daemon(daemon: RunningDaemon) -> float:
+    """``true`` run the way vm-run runs it, minus the new process."""
+    start = time.perf_counter()
+    conn = await client.connect(daemon.socket)
+    try:
+        await conn.request(control.Request(op="open", vm=vms.VM_NAME, port=EXEC_PORT,
+                                           start=False, timeout=30.0))
+    except BaseException:
+        await conn.close()
+        raise
+    session = await ExecSession.start(SocketStream(conn.reader, conn.writer),
+                                      ExecRequest(argv=["true"], env={}), vms.VM_NAME)
+    async with session:
+        status = await session.pump()
+    elapsed = time.perf_counter() - start
+    if status.shell_status() != 0:
+        raise RuntimeError(f"true ended with {status.shell_status()} through vmsilod")
+    return elapsed
+
+
+async def direct_round(image: Path, work: vms.WorkDir) -> tuple[float, list[float]]:
+    """One direct boot to hello, then raw exec round trips; the VM is stopped after."""
+    vm = vms.DirectVm(vms.demo_spec(image, work.paths()))
+    await vm.start()
+    try:
+        hello = await asyncio.wait_for(vm.seconds_to_hello(), HANG_TIMEOUT)
+        for _ in range(2):  # warm-up, as the daemon's VM had
+            await exec_true(vm)
+        return hello, [await exec_true(vm) for _ in range(RAW_RUNS)]
+    finally:
+        await vm.stop()
+
+
+def main() -> None:
+    console = Console(width=120)
+    started = time.monotonic()
+    image = vms.test_image()
+    work = vms.WorkDir()
+    daemon = RunningDaemon(vms.DEMO_CONFIG)
+    cold: list[float] = []
+    warm: list[float] = []
+    via_daemon: list[float] = []
+    startup: list[float] = []
+    hello: list[float] = []
+    raw: list[float] = []
+    try:
+        daemon.start()
+        for index in range(ROUNDS):
+            console.log(f"round {index + 1}/{ROUNDS}: cold and warm vm-run")
+            cold.append(timed_cli(daemon, "vm-run", vms.VM_NAME, "true"))
+            timed_cli(daemon, "vm-run", vms.VM_NAME, "true")  # warm-up
+            for _ in range(WARM_RUNS):
+                warm.append(timed_cli(daemon, "vm-run", vms.VM_NAME, "true"))
+                via_daemon.append(asyncio.run(exec_through_daemon(daemon)))
+                startup.append(timed_cli(daemon, "vm-run", "--help"))
+            timed_cli(daemon, "vm-stop", vms.VM_NAME)
+            console.log(f"round {index + 1}/{ROUNDS}: direct boot and raw exec")
+            boot_seconds, raw_times = asyncio.run(direct_round(image, work))
+            hello.append(boot_seconds)
+            raw.extend(raw_times)
+    finally:
+        daemon.stop()
+        work.remove()
+
+    ms = 1000.0
+    rows = [
+        Comparison("4. warm `vm-run demo true` (VM running)",
+                   Sample("vm-run demo true", [t * ms for t in warm], "ms"),
+                   Sample("raw exec round trip", [t * ms for t in raw], "ms")),
+        Comparison("4b. the daemon's share: exec through vmsilod, in-process",
+                   Sample("control open + exec", [t * ms for t in via_daemon], "ms"),
+                   Sample("raw exec round trip", [t * ms for t in raw], "ms")),
+        Comparison("4c. the new process's share",
+                   Sample("vm-run demo true", [t * ms for t in warm], "ms"),
+                   Sample("vm-run --help", [t * ms for t in startup], "ms")),
+        Comparison("5. cold `vm-run demo true` (VM stopped)",
+                   Sample("vm-run demo true, cold", cold, "s"),
+                   Sample("direct boot to agent hello", hello, "s")),
+    ]
+    print_comparisons("VM lifecycle: what vm-run costs vs. baselines in the same run", rows,
+                      console)
+    console.print(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
