@@ -29,7 +29,7 @@ class Sample:
     def spread(self) -> str:
         if len(self.values) < 2:
             return "-"
-        return f"{min(self.values):.3g}–{max(self.values):.3g}"
+        return f"{min(self.values):.3g}-{max(self.values):.3g}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def print_comparisons(title: str, rows: list[Comparison], console: Console | Non
             f"{row.what}\n  {m.name} vs {b.name}",
             f"{m.median:.4g} {m.unit}\n{m.spread}",
             f"{b.median:.4g} {b.unit}\n{b.spread}",
-            f"{row.ratio:.2f}×",
+            f"{row.ratio:.2f}x",
             str(len(m.values)),
         )
     (console or Console()).print(table)

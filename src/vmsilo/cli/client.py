@@ -44,9 +44,12 @@ class Connection:
         await self.writer.drain()
         try:
             reply = control.decode_reply(await control.read_line(self.reader))
-        except (EOFError, ProtocolError) as exc:
-            raise UserError(f"vmsilod closed the connection without answering ({exc}); "
-                            "see the daemon's log") from exc
+        except EOFError as exc:
+            raise UserError("vmsilod closed the connection without answering (it may be "
+                            "stopping); see the daemon's log") from exc
+        except ProtocolError as exc:
+            raise UserError(f"vmsilod sent a malformed answer ({exc}); see the daemon's "
+                            "log") from exc
         if not reply["ok"]:
             raise UserError(str(reply.get("error", "vmsilod refused the request")))
         return reply

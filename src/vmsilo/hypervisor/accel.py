@@ -31,6 +31,20 @@ class Accelerator:
     reason: str
 
     @property
+    def kernel_params(self) -> list[str]:
+        """Guest kernel parameters this accelerator needs.
+
+        Under TCG the guest's TSC ticks at the host's TSC rate, and a microvm has no HPET or
+        ACPI PM timer. The guest measures its TSC against the PIT in a short window; on a busy
+        host the emulated CPU is descheduled during it, calibration fails, the TSC is marked
+        unusable and the kernel then waits forever in its delay-loop calibration (one boot in
+        five hung so, seen here). Telling it the frequency skips the measurement."""
+        if self.name != "tcg":
+            return []
+        khz = host_tsc_khz()
+        return [f"tsc_early_khz={khz}"] if khz else []
+
+    @property
     def qemu_args(self) -> list[str]:
         if self.name == "kvm":
             return ["-accel", "kvm", "-cpu", "host"]
@@ -54,6 +68,29 @@ _PROTECTED_MODE_PROBE = bytes.fromhex(
     "ffff0000009acf00ffff00000092cf00"
     "17002800ffff"
 )
+
+
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host's TSC frequency in kHz, when the host TSC runs at a constant rate (the
+    "constant_tsc" flag) and /proc/cpuinfo states it; else None."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    first_cpu = cpuinfo.split("\n\n", 1)[0]
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, sep, value in (line.partition(":") for line in first_cpu.splitlines())
+        if sep
+    )
+    if "constant_tsc" not in fields.get("flags", "").split():
+        return None
+    try:
+        mhz = float(fields["cpu MHz"])
+    except (KeyError, ValueError):
+        return None
+    return round(mhz * 1000) if mhz > 0 else None
 
 
 def probe_firmware() -> bytes:

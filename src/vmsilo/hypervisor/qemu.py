@@ -65,7 +65,7 @@ def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> lis
         "-m", f"{spec.memory_mb}M",
         "-smp", str(spec.cpus),
         "-kernel", str(spec.kernel),
-        "-append", spec.kernel_cmdline(),
+        "-append", spec.kernel_cmdline(accel.kernel_params),
     ]  # fmt: skip
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]

@@ -8,6 +8,7 @@ tests check the plan without starting anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -105,8 +106,10 @@ class LaunchSpec:
     use_vsock: bool = False  # vhost-vsock when the host has it, else the virtio-serial mux
     labels: dict[str, str] = field(default_factory=dict)
 
-    def kernel_cmdline(self) -> str:
-        """Everything per-VM reaches the guest here; the image is the same for every VM."""
+    def kernel_cmdline(self, vmm_params: Sequence[str] = ()) -> str:
+        """Everything per-VM reaches the guest here; the image is the same for every VM.
+        ``vmm_params`` are what the VMM needs; the VM's own ``kernelParams`` come last, so
+        that they win."""
         params = [
             "console=ttyS0",
             "panic=-1",  # a guest kernel panic ends the VMM instead of hanging it...
@@ -122,6 +125,7 @@ class LaunchSpec:
         if self.overlay is OverlayKind.TMPFS:
             params.append(f"vmsilo.overlay_size={self.overlay_size}")
         params += [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
+        params += vmm_params
         params += self.kernel_params
         return " ".join(params)
 

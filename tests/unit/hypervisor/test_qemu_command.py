@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from vmsilo.hypervisor import accel as accel_module
 from vmsilo.hypervisor.accel import Accelerator
 from vmsilo.hypervisor.qemu import build_command
 from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec, NicSpec, OverlayKind, RuntimeLayout
@@ -99,6 +102,14 @@ def test_kernel_command_line_carries_per_vm_settings() -> None:
     assert "vmsilo.overlay_size=1073741824" in params
     assert params[-2:] == ["debug", "acpi=off"]  # user's kernelParams come last and win
     assert not any("id=overlay" in d for d in option_values(build_command(spec, TCG), "-drive"))
+
+
+def test_vmm_parameters_come_before_the_vms_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel_module, "host_tsc_khz", lambda: 1234)
+    spec = make_spec(kernel_params=("tsc_early_khz=999",))
+    params = option_values(build_command(spec, TCG), "-append")[0].split()
+    assert params[-2:] == ["tsc_early_khz=1234", "tsc_early_khz=999"]  # the VM's own wins
+    assert "tsc_early_khz=1234" not in option_values(build_command(spec, KVM), "-append")[0]
 
 
 def test_console_is_logged_and_attachable() -> None:
