@@ -135,6 +135,7 @@ class Daemon:
         autostart.cancel()
         notify_systemd("STOPPING=1")
         await self.server.close()
+        await self.supervisor.shutdown()
 
 
 async def _daemon_answers(path: Path) -> bool:

@@ -134,6 +134,13 @@ class Supervisor:
         self.resolved = new
         return sorted(n for n, vm in self.vms.items() if vm.pending is not None)
 
+    async def shutdown(self) -> None:
+        """Before vmsilod exits: stop watching for idleness and roll back starts under way."""
+        for task in self._idle_tasks.values():
+            task.cancel()
+        self._idle_tasks.clear()
+        await asyncio.gather(*(vm.abandon_start() for vm in self.vms.values()))
+
     # -- autoStart / autoShutdown / re-adoption ---------------------------------------------
 
     async def readopt_all(self, runtime_dir_of: Callable[[str], Path]) -> list[str]:

@@ -126,6 +126,15 @@ class VmController:
             self._start_task = asyncio.create_task(self._start())
         await asyncio.shield(self._start_task)
 
+    async def abandon_start(self) -> None:
+        """vmsilod is exiting: a start under way is cancelled, which rolls it back (running
+        VMs are left alone; the next vmsilod re-adopts them)."""
+        task = self._start_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
     async def _start(self) -> None:
         if self.pending is not None:  # a stopped VM takes the reloaded config
             self.resolved, self.pending = self.pending, None
