@@ -48,6 +48,12 @@ sharedHome = false
 gpu = false
 sound.playback = false
 
+[vms.wired]
+sharedHome = false
+gpu = false
+sound.playback = false
+network.interfaces.wan = { tap.hostAddress = "10.9.0.1/24", addresses = ["10.9.0.2/24"] }
+
 [vms.fine]
 memory = 512
 cpus = 1
@@ -125,6 +131,15 @@ def test_no_space_for_the_overlay_leaves_nothing_behind(faults: RunningDaemon) -
     assert faults.status()["bulky"]["state"] == "failed"
     _nothing_left(faults, "bulky")
     assert not list((faults.root / "run").glob("bulky*"))
+
+
+def test_a_missing_tap_device_is_named_with_how_to_create_it(faults: RunningDaemon) -> None:
+    result = faults.cli("vm-start", "wired")
+    assert result.returncode == 1
+    message = result.stderr.decode()
+    assert "TAP device wired-22 does not exist" in message
+    assert "ip tuntap add dev wired-22 mode tap user root" in message
+    _nothing_left(faults, "wired")
 
 
 def test_reload_applies_to_stopped_vms_now_and_to_running_ones_at_restart(

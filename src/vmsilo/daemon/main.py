@@ -105,6 +105,14 @@ class Daemon:
                     f"VM {rvm.name} needs root for its {', '.join(needs_root)}; vmsilod runs "
                     "in user mode (not as root), which gives VMs no TAP networking and no PCI "
                     "devices: run vmsilod as root, or remove them from the VM")
+        taps = [i.tap_name for i in rvm.interfaces.values() if i.tap_name is not None]
+        missing = [tap for tap in taps if not Path(f"/sys/class/net/{tap}").exists()]
+        if missing:
+            tap = missing[0]
+            raise UserError(
+                f"VM {rvm.name}: TAP device {', '.join(missing)} does not exist, and this version "
+                "of vmsilo does not create TAP devices yet; create it first, e.g. "
+                f"ip tuntap add dev {tap} mode tap user {self.config.user} && ip link set {tap} up")
         image = None
         if vm.kernel is None or vm.root_disk is None:
             image = image_dir_for(rvm.name, rvm, self.paths, self.config.image.suite,
