@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from vmsilo.cli.output import output_console
 from vmsilo.config import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config, resolve
 from vmsilo.config.resolved import Resolved
 
@@ -103,7 +103,7 @@ def _network_summary(resolved: Resolved, name: str) -> str:
 
 def _print_tables(resolved: Resolved) -> None:
     # Piped output has no terminal width; keep rows whole instead of folding at 80 columns.
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    console = output_console()
     vms = Table(title="VMs")
     for column in ("VM", "id/CID", "hypervisor", "memory", "CPUs", "colour", "network"):
         vms.add_column(column)

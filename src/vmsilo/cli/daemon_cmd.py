@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from vmsilo.cli import client
+from vmsilo.cli.output import output_console
 from vmsilo.protocol import control
 
 
@@ -42,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(vms, indent=2))
     else:
-        Console().print(status_table(vms))
+        output_console().print(status_table(vms))
     return 0
 
 

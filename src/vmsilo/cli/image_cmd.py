@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vmsilo.cli.output import output_console
 from vmsilo.config import DEFAULT_CONFIG_PATH, load_config
 from vmsilo.host.paths import Paths
 from vmsilo.image import build, store
@@ -112,7 +113,7 @@ def run_list(args: argparse.Namespace) -> int:
             info.kernel_version,
         )
     # Digests are long: never truncate them when the output is piped.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    output_console().print(table)
     missing = sorted(
         name
         for digest, names in users.items()
