@@ -253,7 +253,10 @@ class _TableBuilder:
         return bool(self.rules)
 
     def build(self) -> NftTable:
-        return NftTable(self.family, self.name, (*self.chains.values(), *self.rules))
+        # Grouped by chain, as ``nft list`` shows them; order within a chain is kept.
+        order = list(self.chains)
+        rules = sorted(self.rules, key=lambda item: order.index(item["rule"]["chain"]))
+        return NftTable(self.family, self.name, (*self.chains.values(), *rules))
 
     def _chain(self, name: str, kind: str, hook: str, priority: int) -> str:
         if name not in self.chains:
