@@ -13,8 +13,6 @@ from vmsilo.config import parse_config, resolve
 from vmsilo.config.resolved import Resolved
 from vmsilo.host import proc
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-
 _counter = itertools.count()
 
 
