@@ -10,7 +10,7 @@ import ipaddress
 from types import TracebackType
 from typing import Any
 
-from pyroute2 import IPRoute, NetlinkError, NetNS  # type: ignore[import-untyped, unused-ignore]
+from pyroute2 import IPRoute, NetlinkError, NetNS
 
 
 class Netlink:
