@@ -113,6 +113,10 @@ def mmdebstrap_command(
         f'--setup-hook=mkdir -p {q(str(cache_dir))} "$1"/var/cache/apt/archives/',
         f"--setup-hook=sync-in {q(str(cache_dir))} /var/cache/apt/archives/",
         "--skip=essential/unlink",
+        # The pack hook is the last step and already wrote the image (and emptied the root's
+        # apt lists and /tmp); mmdebstrap's own clean-up of a root it then throws away would
+        # only trip over that (it fails outright in unshare mode).
+        "--skip=cleanup",
         f"--essential-hook={_DIVERT_UPDATE_INITRAMFS}",
         f"--customize-hook=sync-out /var/cache/apt/archives {q(str(cache_dir))}",
         f"--customize-hook=sync-in {q(str(stage_dir))} /",
@@ -225,6 +229,13 @@ def build_image(
         tmp_dir = work / "tmp"
         for directory in (out_dir, stage_dir, tmp_dir):
             directory.mkdir()
+        if mode == "unshare":
+            # mmdebstrap's root inside the user namespace is one of our subordinate uids on
+            # the outside: it must be able to enter the work dir, build in tmp/ and write the
+            # packed image to image/ (which we tighten again before the rename).
+            work.chmod(0o1777)
+            tmp_dir.chmod(0o1777)
+            out_dir.chmod(0o1777)
         write_stage_tree(spec, stage_dir)
         command = mmdebstrap_command(
             spec,
@@ -258,6 +269,7 @@ def build_image(
         )
         if final.exists():
             shutil.rmtree(final)
+        out_dir.chmod(0o755)  # no longer shared with mmdebstrap's namespace (unshare mode)
         out_dir.rename(final)
         return BuildResult(digest, final, False, seconds)
     except OSError as exc:
