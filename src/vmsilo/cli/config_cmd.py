@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
 from vmsilo.config import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config, resolve
 from vmsilo.config.resolved import Resolved
@@ -23,22 +24,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
 
     check = commands.add_parser("check", help="validate the config file and report every problem")
-    _add_config_option(check)
+    add_config_option(check)
     check.set_defaults(func=run_check)
 
     show = commands.add_parser("show", help="print the resolved config with derived values")
-    _add_config_option(show)
+    add_config_option(show)
     show.add_argument("--json", action="store_true", help="print JSON instead of tables")
     show.set_defaults(func=run_show)
-
-
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help=f"config file (default: $VMSILO_CONFIG, else {DEFAULT_CONFIG_PATH})",
-    )
 
 
 def _load(path: Path | None) -> LoadedConfig | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from vmsilo.cli import client
+from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
 from vmsilo.protocol import control
 
@@ -70,6 +70,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reload = sub.add_parser("reload", help="make vmsilod re-read its config")
     reload.set_defaults(func=cmd_reload)
     daemon = sub.add_parser("daemon", help="run vmsilod in the foreground")
-    daemon.add_argument("--config", type=Path, help="config file (default: $VMSILO_CONFIG or "
-                        "/etc/vmsilo/vmsilo.toml)")
+    add_config_option(daemon)
     daemon.set_defaults(func=cmd_daemon)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
-from vmsilo.config import DEFAULT_CONFIG_PATH, load_config
+from vmsilo.config import load_config
 from vmsilo.host.paths import Paths
 from vmsilo.image import build, store
 
@@ -30,25 +30,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build_cmd.add_argument(
         "--rebuild", action="store_true", help="build again even if the image exists"
     )
-    _add_config_option(build_cmd)
+    add_config_option(build_cmd)
     build_cmd.set_defaults(func=run_build)
 
     list_cmd = commands.add_parser("list", help="list built images and the VMs using them")
-    _add_config_option(list_cmd)
+    add_config_option(list_cmd)
     list_cmd.set_defaults(func=run_list)
 
     gc_cmd = commands.add_parser("gc", help="remove images that no VM of the config uses")
-    _add_config_option(gc_cmd)
+    add_config_option(gc_cmd)
     gc_cmd.set_defaults(func=run_gc)
-
-
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help=f"config file (default: $VMSILO_CONFIG, else {DEFAULT_CONFIG_PATH})",
-    )
 
 
 def _human(size: int) -> str:
