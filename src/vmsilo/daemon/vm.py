@@ -26,7 +26,7 @@ from vmsilo.channel.transports import SerialMuxTransport, Transport
 from vmsilo.config import ResolvedVm
 from vmsilo.daemon import resources
 from vmsilo.daemon.runstate import Runstate, StateError, check_transition, require
-from vmsilo.daemon.stages import StageError, Stages, rollback_on_failure
+from vmsilo.daemon.stages import StageError, Stages, Undo, rollback_on_failure
 from vmsilo.errors import UserError
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import LaunchSpec, spec_from_json
@@ -175,39 +175,52 @@ class VmController:
         assert self.spec is not None
         return self.spec
 
-    async def _acquire_runtime(self, spec: LaunchSpec) -> Callable[[], Awaitable[None]]:
-        resources.acquire_runtime_dir(spec, self.owner)
+    # Each resource's release, built in one place: the start stages register these, and a
+    # re-adopted VM gets the same ones from its saved launch spec.
 
+    def _undo_runtime(self, spec: LaunchSpec) -> Undo:
         async def undo() -> None:
             resources.release_runtime_dir(spec)
 
         return undo
 
-    async def _acquire_overlay(self, spec: LaunchSpec) -> Callable[[], Awaitable[None]]:
-        resources.acquire_overlay(spec, self.owner)
-
+    def _undo_overlay(self, spec: LaunchSpec) -> Undo:
         async def undo() -> None:
             resources.release_overlay(spec)
 
         return undo
 
-    async def _launch(self, spec: LaunchSpec) -> Callable[[], Awaitable[None]]:
-        uid, gid = self.owner if self.owner is not None else (None, None)
-        self.vmm = await self.backend.launch(spec, uid=uid, gid=gid)
-        vmm = self.vmm
-
+    def _undo_vmm(self, spec: LaunchSpec, vmm: VmmProcess) -> Undo:
         async def undo() -> None:
             await self.backend.stop(spec, vmm, graceful=0, forced=self.timeouts.vmm_quit)
             vmm.close()
 
         return undo
 
-    async def _wait_for_agent(self, spec: LaunchSpec) -> Callable[[], Awaitable[None]]:
-        transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
-        self.transport = transport
-
+    @staticmethod
+    def _undo_transport(transport: Transport) -> Undo:
         async def undo() -> None:
             await transport.close()
+
+        return undo
+
+    async def _acquire_runtime(self, spec: LaunchSpec) -> Undo:
+        resources.acquire_runtime_dir(spec, self.owner)
+        return self._undo_runtime(spec)
+
+    async def _acquire_overlay(self, spec: LaunchSpec) -> Undo:
+        resources.acquire_overlay(spec, self.owner)
+        return self._undo_overlay(spec)
+
+    async def _launch(self, spec: LaunchSpec) -> Undo:
+        uid, gid = self.owner if self.owner is not None else (None, None)
+        self.vmm = await self.backend.launch(spec, uid=uid, gid=gid)
+        return self._undo_vmm(spec, self.vmm)
+
+    async def _wait_for_agent(self, spec: LaunchSpec) -> Undo:
+        transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
+        self.transport = transport
+        undo = self._undo_transport(transport)
 
         assert self.vmm is not None
         client = ExecClient(transport, self.name, open_timeout=self.timeouts.agent_hello)
@@ -330,10 +343,9 @@ class VmController:
         live process whose command line marks it as this VM's VMM."""
         try:
             pid = int((runtime_dir / "vmm.pid").read_text().strip())
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return
-        if f"process=vmsilo-{self.name}".encode() in argv:
+        if self.backend.owns_process(pid, self.name):
             log.warning("VM %s: killing its unmanageable VMM (pid %d)", self.name, pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
@@ -353,7 +365,7 @@ class VmController:
             resources.release_runtime_dir_at(runtime_dir)
             return False
         self.spec = spec
-        if not self.backend.owns_process(pid, spec):
+        if not self.backend.owns_process(pid, spec.name):
             log.warning("VM %s: its VMM (pid %d) is gone; cleaning up", self.name, pid)
             resources.release_overlay(spec)
             resources.release_runtime_dir(spec)
@@ -364,24 +376,12 @@ class VmController:
         self.vmm = VmmProcess(pid)
         self.transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
         stages = Stages(self.name)
-
-        async def release_transport() -> None:
-            assert self.transport is not None
-            await self.transport.close()
-
-        async def stop_vmm() -> None:
-            assert self.vmm is not None
-            await self.backend.stop(spec, self.vmm, graceful=0, forced=self.timeouts.vmm_quit)
-
-        async def release_overlay() -> None:
-            resources.release_overlay(spec)
-
-        async def release_runtime() -> None:
-            resources.release_runtime_dir(spec)
-
-        stages.undo_steps = [("runtime directory", release_runtime),
-                             ("root overlay", release_overlay), ("VMM", stop_vmm),
-                             ("agent", release_transport)]
+        stages.undo_steps = [
+            ("runtime directory", self._undo_runtime(spec)),
+            ("root overlay", self._undo_overlay(spec)),
+            ("VMM", self._undo_vmm(spec, self.vmm)),
+            ("agent", self._undo_transport(self.transport)),
+        ]
         self._stages = stages
         self.started_at = os.stat(spec.layout.pidfile).st_mtime
         self._set_state(Runstate.RUNNING)

@@ -98,18 +98,18 @@ class Backend(ABC):
                      gid: int | None = None) -> VmmProcess:
         """Start the VMM and return once its control channel answers."""
 
-    def owns_process(self, pid: int, spec: LaunchSpec) -> bool:
-        """Whether ``pid`` is alive and is the VMM started for ``spec`` (not a reused pid):
+    def owns_process(self, pid: int, vm: str) -> bool:
+        """Whether ``pid`` is alive and is the VMM started for VM ``vm`` (not a reused pid):
         its command line carries the marker ``command`` put there."""
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return self.process_marker(spec).encode() in argv
+        return self.process_marker(vm).encode() in argv
 
     @abstractmethod
-    def process_marker(self, spec: LaunchSpec) -> str:
-        """One argument of the VMM's command line that identifies this VM's VMM."""
+    def process_marker(self, vm: str) -> str:
+        """One argument of the VMM's command line that identifies VM ``vm``'s VMM."""
 
     @abstractmethod
     async def request_shutdown(self, spec: LaunchSpec) -> None:

@@ -48,8 +48,8 @@ def _drive_args(disk: DiskSpec, drive_id: str) -> list[str]:
     return ["-drive", ",".join(drive), "-device", ",".join(device)]
 
 
-def process_marker(spec: LaunchSpec) -> str:
-    return f"{spec.name},process=vmsilo-{spec.name}"
+def process_marker(vm: str) -> str:
+    return f"{vm},process=vmsilo-{vm}"
 
 
 def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> list[str]:
@@ -58,7 +58,7 @@ def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> lis
     machine = f"microvm,pcie={'on' if needs_pci else 'off'},rtc=on,acpi=on"
     argv = [
         qemu,
-        "-name", process_marker(spec),
+        "-name", process_marker(spec.name),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", machine,
         *accel.qemu_args,
@@ -138,8 +138,8 @@ class QemuBackend(Backend):
     def command(self, spec: LaunchSpec) -> list[str]:
         return build_command(spec, self.accel, self.qemu)
 
-    def process_marker(self, spec: LaunchSpec) -> str:
-        return process_marker(spec)
+    def process_marker(self, vm: str) -> str:
+        return process_marker(vm)
 
     async def launch(
         self, spec: LaunchSpec, *, uid: int | None = None, gid: int | None = None
