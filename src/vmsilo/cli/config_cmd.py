@@ -122,7 +122,7 @@ def _print_tables(resolved: Resolved) -> None:
                 name,
                 if_name,
                 interface.pci_address,
-                interface.tap_name or "-",
+                interface.tap_name,
                 interface.mac,
                 " ".join([*interface.addresses, *interface.v6_addresses])
                 or ("dhcp" if interface.dhcp else "-"),

@@ -363,15 +363,14 @@ def _derived(config: VmsiloConfig) -> list[str]:
         for if_name, interface in vm.interfaces.items():
             where = f"VM {name!r} interface {if_name!r}"
             configured = if_name in config.vms[name].network.interfaces
-            if interface.tap_name is not None:
-                if interface.tap_name in tap_owner:
-                    problems.append(
-                        f"{interface_path(name, if_name, 'tap', 'name')}: TAP name "
-                        f"{interface.tap_name!r} is also used by {tap_owner[interface.tap_name]};"
-                        " set a different tap.name"
-                    )
-                else:
-                    tap_owner[interface.tap_name] = where
+            if interface.tap_name in tap_owner:
+                problems.append(
+                    f"{interface_path(name, if_name, 'tap', 'name')}: TAP name "
+                    f"{interface.tap_name!r} is also used by {tap_owner[interface.tap_name]};"
+                    " set a different tap.name"
+                )
+            else:
+                tap_owner[interface.tap_name] = where
             if interface.mac in mac_owner:
                 path = (
                     interface_path(name, if_name, "macAddress")

@@ -37,7 +37,7 @@ class ResolvedInterface:
     slot: int
     pci_address: str
     kind: str  # "tap" or "vm-switch"
-    tap_name: str | None  # None for vm-switch interfaces: they have no host TAP
+    tap_name: str  # the host TAP (vm-switch ports are TAPs in the network's bridge too)
     mac: str
     addresses: list[str]
     routes: dict[str, str]  # destination CIDR -> gateway
@@ -148,9 +148,7 @@ def _configured_interface(
     vm_name: str, vm_id: int, name: str, slot: int, interface: Interface
 ) -> ResolvedInterface:
     tap = interface.tap
-    host_tap: str | None = None
-    if interface.type == "tap":
-        host_tap = (tap.name if tap else None) or tap_name(vm_name, vm_id, slot)
+    host_tap = (tap.name if tap else None) or tap_name(vm_name, vm_id, slot)
     return ResolvedInterface(
         name=name,
         slot=slot,

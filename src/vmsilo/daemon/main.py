@@ -30,6 +30,8 @@ from vmsilo.hypervisor.qemu import QemuBackend
 from vmsilo.hypervisor.spec import LaunchSpec
 from vmsilo.image import manifest
 from vmsilo.image.spec import agent_digest, spec_for_vm
+from vmsilo.network.guest import guest_params
+from vmsilo.network.plan import NetworkPlan, plan_vm
 
 log = logging.getLogger("vmsilod")
 
@@ -82,14 +84,16 @@ class Daemon:
             if entry.pw_uid != 0:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
-        self.supervisor = Supervisor(resolve(self.config), self._controller, self._reload)
+        self.resolved = resolve(self.config)
+        self.supervisor = Supervisor(self.resolved, self._controller, self._reload)
         self.server = ControlServer(self.supervisor, paths.control_socket, self.allowed_uids,
                                     self.group)
 
     def _reload(self) -> Resolved:
         loaded = load_config(self.config_path)
         self.config = loaded.config
-        return resolve(loaded.config)
+        self.resolved = resolve(loaded.config)
+        return self.resolved
 
     def _plan(self, rvm: ResolvedVm) -> LaunchSpec:
         vm = rvm.vm
@@ -97,32 +101,37 @@ class Daemon:
             raise UserError(f"vms.{rvm.name}.hypervisor: {vm.hypervisor} VMs cannot be started "
                             'by this version yet; use hypervisor = "qemu"')
         if self.paths.mode is Mode.USER:
-            needs_root = [f"network interface {name!r}" for name, iface in rvm.interfaces.items()
-                          if iface.tap_name is not None]
+            needs_root = [f"network interface {name!r}" for name in rvm.interfaces]
             needs_root += [f"PCI device {dev.path}" for dev in vm.pci_devices]
             if needs_root:
                 raise UserError(
                     f"VM {rvm.name} needs root for its {', '.join(needs_root)}; vmsilod runs "
                     "in user mode (not as root), which gives VMs no TAP networking and no PCI "
                     "devices: run vmsilod as root, or remove them from the VM")
-        taps = [i.tap_name for i in rvm.interfaces.values() if i.tap_name is not None]
-        missing = [tap for tap in taps if not Path(f"/sys/class/net/{tap}").exists()]
-        if missing:
-            tap = missing[0]
-            raise UserError(
-                f"VM {rvm.name}: TAP device {', '.join(missing)} does not exist, and this version "
-                "of vmsilo does not create TAP devices yet; create it first, e.g. "
-                f"ip tuntap add dev {tap} mode tap user {self.config.user} && ip link set {tap} up")
         image = None
         if vm.kernel is None or vm.root_disk is None:
             image = image_dir_for(rvm.name, rvm, self.paths, self.config.image.suite,
                                   self.config.image.mirror, agent_digest())
-        return launch_spec(rvm, image, self.paths)
+        return launch_spec(rvm, image, self.paths,
+                           guest_network=tuple(self._guest_params(rvm)))
+
+    def _with_vm(self, rvm: ResolvedVm) -> Resolved:
+        """The VM as it starts (its controller's config) among the daemon's view of the
+        others (vm-switch peers, netvm links)."""
+        return Resolved(self.resolved.config, {**self.resolved.vms, rvm.name: rvm},
+                        self.resolved.links)
+
+    def _guest_params(self, rvm: ResolvedVm) -> list[str]:
+        return guest_params(self._with_vm(rvm), rvm.name)
+
+    def _network_plan(self, rvm: ResolvedVm) -> NetworkPlan:
+        return plan_vm(self._with_vm(rvm), rvm.name)
 
     def _controller(self, rvm: ResolvedVm) -> VmController:
         backend = self.backends.get(rvm.vm.hypervisor, self.backends["qemu"])
+        network = self._network_plan if self.paths.mode is Mode.SYSTEM else None
         return VmController(rvm, backend, self._plan, owner=self.owner,
-                            timeouts=self.timeouts)
+                            timeouts=self.timeouts, network=network)
 
     async def run(self, stop: asyncio.Event) -> None:
         if await _daemon_answers(self.paths.control_socket):

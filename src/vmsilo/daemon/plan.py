@@ -14,8 +14,11 @@ from vmsilo.config import ResolvedVm, parse_size
 from vmsilo.config.model import Disk
 from vmsilo.host.paths import Paths
 from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec, NicSpec, OverlayKind, RuntimeLayout
+from vmsilo.network.guest import check_cmdline_length
 
-SERIAL_MAX = 20  # virtio-blk serials are at most 20 bytes
+SERIAL_MAX = 20
+# Room for the words the VMM adds to the command line (e.g. virtio-mmio device addresses).
+VMM_PARAMS_ALLOWANCE = ("x" * 400,)  # virtio-blk serials are at most 20 bytes
 
 
 def _truthy(value: Any) -> bool:
@@ -57,7 +60,12 @@ def pci_sysfs_path(path: str) -> str:
 
 
 def launch_spec(
-    rvm: ResolvedVm, image_dir: Path | None, paths: Paths, *, use_vsock: bool = False
+    rvm: ResolvedVm,
+    image_dir: Path | None,
+    paths: Paths,
+    *,
+    use_vsock: bool = False,
+    guest_network: tuple[str, ...] = (),
 ) -> LaunchSpec:
     vm = rvm.vm
     if image_dir is None and (vm.kernel is None or vm.root_disk is None):
@@ -90,9 +98,8 @@ def launch_spec(
     nics = tuple(
         NicSpec(name=iface.name, tap=iface.tap_name, mac=iface.mac, pci_slot=iface.slot)
         for iface in rvm.interfaces.values()
-        if iface.tap_name is not None
     )
-    return LaunchSpec(
+    spec = LaunchSpec(
         name=rvm.name,
         cid=rvm.cid,
         memory_mb=vm.memory,
@@ -109,5 +116,8 @@ def launch_spec(
         kernel_params=tuple(vm.kernel_params),
         pci_devices=tuple(pci_sysfs_path(dev.path) for dev in vm.pci_devices),
         extra_args=tuple(vm.qemu.extra_args),
+        guest_network=guest_network,
         use_vsock=use_vsock,
     )
+    check_cmdline_length(rvm.name, spec.kernel_cmdline(VMM_PARAMS_ALLOWANCE))
+    return spec

@@ -17,6 +17,7 @@ from typing import Any
 
 from vmsilo.channel.stream import Stream
 from vmsilo.config import Resolved, ResolvedVm
+from vmsilo.config.model import HOST_NETVM
 from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.vm import VmController
 from vmsilo.errors import UserError
@@ -57,7 +58,11 @@ class Supervisor:
         def visit(vm: str) -> None:
             if vm in order:
                 return
-            for dep in self.controller(vm).resolved.vm.depends_on:
+            config = self.controller(vm).resolved.vm
+            # A VM netvm must be up before its clients: their link has no gateway otherwise.
+            netvm = config.network.netvm
+            deps = [*config.depends_on, *([netvm] if netvm and netvm != HOST_NETVM else [])]
+            for dep in deps:
                 visit(dep)
             order.append(vm)
 

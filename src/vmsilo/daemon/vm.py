@@ -1,6 +1,6 @@
 """One VM as vmsilod sees it: its state, its start and stop, its VMM and its guest channel.
 
-Start runs in bounded stages (image, runtime dir, overlay, VMM, agent hello) through one
+Start runs in bounded stages (image, runtime dir, network, overlay, VMM, agent hello) through one
 rollback guard; concurrent start requests share a single start. Once running, a watcher
 notices the VMM ending on its own (crash, kill, guest power-off) and cleans up. Stop asks the
 agent, then the VMM, then kills — each step bounded. A VM whose VMM outlived an earlier
@@ -30,6 +30,8 @@ from vmsilo.daemon.stages import StageError, Stages, Undo, rollback_on_failure
 from vmsilo.errors import UserError
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import LaunchSpec, spec_from_json
+from vmsilo.network.apply import apply_plan, remove_plan
+from vmsilo.network.plan import NetworkPlan, plan_from_json, plan_to_json
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ class Timeouts:
 
 # (resolved VM) -> launch spec, or a UserError saying what is missing (e.g. the image)
 PlanFn = Callable[[ResolvedVm], LaunchSpec]
+# (resolved VM) -> what the host builds for its network (TAPs, bridges, nftables tables)
+NetworkFn = Callable[[ResolvedVm], NetworkPlan]
+
+NETWORK_RECORD = "network.json"  # in the runtime dir: the plan that was applied
 
 
 class VmController:
@@ -60,6 +66,7 @@ class VmController:
         owner: tuple[int, int] | None = None,
         timeouts: Timeouts = Timeouts(),
         on_state: Callable[[VmController], Awaitable[None]] | None = None,
+        network: NetworkFn | None = None,
     ) -> None:
         self.name = resolved.name
         self.resolved = resolved  # the config the VM runs (or will run) with
@@ -69,6 +76,7 @@ class VmController:
         self.owner = owner  # uid, gid the VMM and its files belong to (system mode)
         self.timeouts = timeouts
         self.on_state = on_state
+        self.network = network
         self.state = Runstate.STOPPED
         self.reason: str | None = None
         self.log_path: Path | None = None
@@ -144,6 +152,7 @@ class VmController:
             async with rollback_on_failure(stages):
                 spec = await self._stage_plan(stages)
                 await stages.run("runtime directory", lambda: self._acquire_runtime(spec), 10)
+                await stages.run("network", lambda: self._acquire_network(spec), 60)
                 await stages.run("root overlay", lambda: self._acquire_overlay(spec), 30)
                 await stages.run("VMM", lambda: self._launch(spec), self.timeouts.vmm_start)
                 await stages.run("agent", lambda: self._wait_for_agent(spec),
@@ -190,6 +199,12 @@ class VmController:
 
         return undo
 
+    def _undo_network(self, plan: NetworkPlan) -> Undo:
+        async def undo() -> None:
+            await asyncio.to_thread(remove_plan, plan)
+
+        return undo
+
     def _undo_vmm(self, spec: LaunchSpec, vmm: VmmProcess) -> Undo:
         async def undo() -> None:
             await self.backend.stop(spec, vmm, graceful=0, forced=self.timeouts.vmm_quit)
@@ -207,6 +222,32 @@ class VmController:
     async def _acquire_runtime(self, spec: LaunchSpec) -> Undo:
         resources.acquire_runtime_dir(spec, self.owner)
         return self._undo_runtime(spec)
+
+    async def _acquire_network(self, spec: LaunchSpec) -> Undo | None:
+        plan = self.network(self.resolved) if self.network is not None else None
+        if plan is None or not plan.taps:
+            return None
+        # Saved first: a daemon that dies half-way still finds what to remove.
+        record = spec.layout.runtime_dir / NETWORK_RECORD
+        record.write_text(json.dumps(plan_to_json(plan)))
+        result = await asyncio.to_thread(apply_plan, plan)
+        for tap in result.without_fq_codel:
+            log.info("VM %s: TAP %s has no fq_codel (the kernel lacks it)", self.name, tap)
+        return self._undo_network(plan)
+
+    def _saved_network(self, runtime_dir: Path) -> NetworkPlan | None:
+        try:
+            return plan_from_json(json.loads((runtime_dir / NETWORK_RECORD).read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("VM %s: cannot read its network record (%s)", self.name, exc)
+            return None
+
+    async def _remove_saved_network(self, runtime_dir: Path) -> None:
+        plan = self._saved_network(runtime_dir)
+        if plan is not None:
+            await asyncio.to_thread(remove_plan, plan)
 
     async def _acquire_overlay(self, spec: LaunchSpec) -> Undo:
         resources.acquire_overlay(spec, self.owner)
@@ -362,12 +403,14 @@ class VmController:
             log.warning("VM %s: cannot read %s (%s); stopping what is left", self.name,
                         spec_file, exc)
             self._kill_orphan(runtime_dir)
+            await self._remove_saved_network(runtime_dir)
             resources.release_runtime_dir_at(runtime_dir)
             return False
         self.spec = spec
         if not self.backend.owns_process(pid, spec.name):
             log.warning("VM %s: its VMM (pid %d) is gone; cleaning up", self.name, pid)
             resources.release_overlay(spec)
+            await self._remove_saved_network(runtime_dir)
             resources.release_runtime_dir(spec)
             self.state = Runstate.FAILED
             self.reason = "the VMM exited while vmsilod was not running"
@@ -376,8 +419,11 @@ class VmController:
         self.vmm = VmmProcess(pid)
         self.transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
         stages = Stages(self.name)
-        stages.undo_steps = [
-            ("runtime directory", self._undo_runtime(spec)),
+        stages.undo_steps = [("runtime directory", self._undo_runtime(spec))]
+        network = self._saved_network(runtime_dir)
+        if network is not None:
+            stages.undo_steps.append(("network", self._undo_network(network)))
+        stages.undo_steps += [
             ("root overlay", self._undo_overlay(spec)),
             ("VMM", self._undo_vmm(spec, self.vmm)),
             ("agent", self._undo_transport(self.transport)),

@@ -102,6 +102,9 @@ class LaunchSpec:
     kernel_params: tuple[str, ...] = ()
     pci_devices: tuple[str, ...] = ()  # sysfs paths of vfio-bound devices
     extra_args: tuple[str, ...] = ()
+    # The guest's network as kernel words (protocol.netparams); without them, only the NICs'
+    # names reach the guest.
+    guest_network: tuple[str, ...] = ()
     balloon: bool = True
     use_vsock: bool = False  # vhost-vsock when the host has it, else the virtio-serial mux
     labels: dict[str, str] = field(default_factory=dict)
@@ -124,7 +127,7 @@ class LaunchSpec:
         ]
         if self.overlay is OverlayKind.TMPFS:
             params.append(f"vmsilo.overlay_size={self.overlay_size}")
-        params += [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
+        params += self.guest_network or [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
         params += vmm_params
         params += self.kernel_params
         return " ".join(params)
@@ -151,7 +154,8 @@ def spec_to_json(spec: LaunchSpec) -> dict[str, object]:
         "nics": [{"name": n.name, "tap": n.tap, "mac": n.mac, "pci_slot": n.pci_slot}
                  for n in spec.nics],
         "kernel_params": list(spec.kernel_params), "pci_devices": list(spec.pci_devices),
-        "extra_args": list(spec.extra_args), "balloon": spec.balloon,
+        "extra_args": list(spec.extra_args), "guest_network": list(spec.guest_network),
+        "balloon": spec.balloon,
         "use_vsock": spec.use_vsock, "labels": dict(spec.labels),
     }  # fmt: skip
 
@@ -179,6 +183,8 @@ def spec_from_json(data: dict[str, Any]) -> LaunchSpec:
         nics=tuple(NicSpec(str(n["name"]), str(n["tap"]), str(n["mac"]), int(n["pci_slot"]))
                    for n in data["nics"]),
         kernel_params=tuple(data["kernel_params"]), pci_devices=tuple(data["pci_devices"]),
-        extra_args=tuple(data["extra_args"]), balloon=bool(data["balloon"]),
+        extra_args=tuple(data["extra_args"]),
+        guest_network=tuple(str(w) for w in data.get("guest_network", ())),
+        balloon=bool(data["balloon"]),
         use_vsock=bool(data["use_vsock"]), labels=dict(data["labels"]),
     )  # fmt: skip

@@ -68,6 +68,46 @@ RestartSec=1
 WantedBy=multi-user.target
 """
 
+# Names NICs and writes networkd's files from the kernel command line, before udev and
+# networkd start (``vmsilo.agent.netconf``); only in VMs that have interfaces.
+NETWORK_UNIT = """\
+[Unit]
+Description=vmsilo guest network settings
+DefaultDependencies=no
+ConditionKernelCommandLine=vmsilo.ifname
+Before=systemd-udevd.service systemd-udev-trigger.service systemd-networkd.service
+Before=network-pre.target unbound.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 -m vmsilo.agent.netconf
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+# networkd is enabled in every image but runs only in VMs that have interfaces.
+NETWORKD_DROPIN = """\
+[Unit]
+ConditionKernelCommandLine=vmsilo.ifname
+"""
+
+# A netvm's unbound runs on the configuration vmsilo-network wrote for its clients; the
+# package's helpers (chroot, trust-anchor download) are not used.
+UNBOUND_DROPIN = """\
+[Unit]
+ConditionPathExists=/run/vmsilo/unbound.conf
+After=vmsilo-network.service
+
+[Service]
+ExecStartPre=
+ExecStart=
+ExecStart=/usr/sbin/unbound -d -p -c /run/vmsilo/unbound.conf
+ExecStopPost=
+"""
+
 # Root on the serial console without a password: the console socket is reachable only by
 # the host's root and the configured user, who own the VM anyway.
 AUTOLOGIN_DROPIN = """\
@@ -118,7 +158,8 @@ def configure_script(spec: ImageSpec) -> str:
         "ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime",
         "echo Etc/UTC > /etc/timezone",
         f"python3 -m compileall -q {AGENT_DEST}",
-        "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service",
+        "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service "
+        "vmsilo-network.service systemd-networkd.service",
         "systemctl mask " + " ".join(MASKED_UNITS),
     ]
     if spec.enable_units:
@@ -139,6 +180,15 @@ def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[Stag
     """Every file vmsilo writes into the image, ours first and then the user's."""
     files = [
         StagedFile("/etc/systemd/system/vmsilo-agent.service", AGENT_UNIT.encode(), 0o644),
+        StagedFile("/etc/systemd/system/vmsilo-network.service", NETWORK_UNIT.encode(), 0o644),
+        StagedFile(
+            "/etc/systemd/system/systemd-networkd.service.d/vmsilo.conf",
+            NETWORKD_DROPIN.encode(),
+            0o644,
+        ),
+        StagedFile(
+            "/etc/systemd/system/unbound.service.d/vmsilo.conf", UNBOUND_DROPIN.encode(), 0o644
+        ),
         StagedFile(
             "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
             AUTOLOGIN_DROPIN.encode(),

@@ -174,6 +174,15 @@ def parse_mode(value: object, where: str) -> int:
     raise UserError(f'{where}: mode {value!r} is not a file mode; write e.g. "0644"')
 
 
+# A netvm forwards and NATs for its clients (nftables) and resolves names for them (unbound).
+NETVM_PACKAGES = ("nftables", "unbound", "dns-root-data")
+
+
+def _role_packages(vm: Any) -> tuple[str, ...]:
+    network = getattr(vm, "network", None)
+    return NETVM_PACKAGES if getattr(network, "is_netvm", False) else ()
+
+
 def spec_for_vm(
     name: str,
     vm: Any,
@@ -202,7 +211,7 @@ def spec_for_vm(
     spec = ImageSpec(
         suite=suite,
         mirror=mirror,
-        packages=tuple(getattr(vm, "guest_programs", None) or ()),
+        packages=tuple(getattr(vm, "guest_programs", None) or ()) + _role_packages(vm),
         files=tuple(files),
         commands=tuple(commands),
         enable_units=tuple(units),

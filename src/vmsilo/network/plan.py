@@ -21,6 +21,7 @@ Policy, per VM, in tables of its own (``inet vmsilo-<vm>``, ``bridge vmsilo-<vm>
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -28,10 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from vmsilo.config.derive import tap_name
 from vmsilo.config.fields import IFNAMSIZ_MAX
 from vmsilo.config.model import VmSwitch
-from vmsilo.config.resolved import Resolved, ResolvedInterface, ResolvedVm
+from vmsilo.config.resolved import Resolved, ResolvedInterface
 from vmsilo.errors import UserError
 from vmsilo.network import nft
 from vmsilo.network.nft import Json
@@ -167,7 +167,7 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
     bridge = _TableBuilder("bridge", table_name(vm_name))
 
     for interface in vm.interfaces.values():
-        tap = _host_tap_name(vm, interface)
+        tap = interface.tap_name
         bridge_name = interface.bridge
         fq_codel = None
         if interface.kind == "vm-switch" and interface.interface is not None:
@@ -216,12 +216,6 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
         tables=tables,
         forwarding_interfaces=_unique(forwarding),
     )
-
-
-def _host_tap_name(vm: ResolvedVm, interface: ResolvedInterface) -> str:
-    # vm-switch interfaces have no TAP in the resolved config; on the kernel datapath they get
-    # one, named by the same rule.
-    return interface.tap_name or tap_name(vm.name, vm.id, interface.slot)
 
 
 def _own_sources(interface: ResolvedInterface, extra: Iterable[str] = ()) -> list[str]:
@@ -313,3 +307,35 @@ class _TableBuilder:
             pkttype = nft.match(nft.meta("pkttype"), {"set": ["broadcast", "multicast"]})
             not_arp = nft.match(nft.payload("ether", "type"), "arp", "!=")
             self._rule(fwd, nft.oifname(tap), not_arp, pkttype, nft.DROP)
+
+
+def plan_to_json(plan: NetworkPlan) -> Json:
+    """The plan as JSON data, saved next to a running VM: its removal after a daemon restart
+    or a config change removes what was applied, not what the config says now."""
+    return {
+        "taps": [dataclasses.asdict(tap) for tap in plan.taps],
+        "bridges": [dataclasses.asdict(bridge) for bridge in plan.bridges],
+        "required_bridges": list(plan.required_bridges),
+        "tables": [
+            {"family": t.family, "name": t.name, "body": list(t.body)} for t in plan.tables
+        ],
+        "forwarding_interfaces": list(plan.forwarding_interfaces),
+    }
+
+
+def plan_from_json(data: Json) -> NetworkPlan:
+    """Inverse of ``plan_to_json``; raises KeyError/TypeError on a malformed record."""
+
+    def tap(item: Json) -> TapDevice:
+        fq = item.get("fq_codel")
+        return TapDevice(**{**item, "fq_codel": FqCodel(**fq) if fq else None})
+
+    return NetworkPlan(
+        taps=tuple(tap(item) for item in data["taps"]),
+        bridges=tuple(Bridge(**item) for item in data["bridges"]),
+        required_bridges=tuple(data["required_bridges"]),
+        tables=tuple(
+            NftTable(t["family"], t["name"], tuple(t["body"])) for t in data["tables"]
+        ),
+        forwarding_interfaces=tuple(data["forwarding_interfaces"]),
+    )
