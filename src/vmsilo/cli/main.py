@@ -17,6 +17,7 @@ GROUPS: dict[str, str] = {
     "config": "vmsilo.cli.config_cmd",
     "image": "vmsilo.cli.image_cmd",
     "daemon": "vmsilo.cli.daemon_cmd",
+    "net": "vmsilo.cli.net_cmd",
 }
 
 

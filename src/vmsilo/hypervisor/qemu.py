@@ -27,6 +27,7 @@ from vmsilo.host import proc
 from vmsilo.hypervisor.accel import Accelerator, choose_accelerator
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec
+from vmsilo.hypervisor.tapfd import VHOST_NET_DEVICE, NicFds
 
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -52,7 +53,11 @@ def process_marker(vm: str) -> str:
     return f"{vm},process=vmsilo-{vm}"
 
 
-def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> list[str]:
+def build_command(
+    spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU, fds: NicFds | None = None
+) -> list[str]:
+    """QEMU's argv. With ``fds`` the NICs use descriptors opened by vmsilod (passed to the
+    child), else QEMU opens the TAPs by name itself."""
     layout = spec.layout
     needs_pci = bool(spec.nics or spec.pci_devices)
     machine = f"microvm,pcie={'on' if needs_pci else 'off'},rtc=on,acpi=on"
@@ -93,9 +98,15 @@ def build_command(spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU) -> lis
     if spec.balloon:
         argv += ["-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on"]
     for nic in spec.nics:
-        vhost = ",vhost=on" if os.access("/dev/vhost-net", os.R_OK | os.W_OK) else ""
+        if fds is not None and nic.name in fds.tap:
+            netdev = f"tap,id=net-{nic.name},fd={fds.tap[nic.name]}"
+            if nic.name in fds.vhost:
+                netdev += f",vhost=on,vhostfd={fds.vhost[nic.name]}"
+        else:
+            vhost = ",vhost=on" if os.access(VHOST_NET_DEVICE, os.R_OK | os.W_OK) else ""
+            netdev = f"tap,id=net-{nic.name},ifname={nic.tap},script=no,downscript=no{vhost}"
         argv += [
-            "-netdev", f"tap,id=net-{nic.name},ifname={nic.tap},script=no,downscript=no{vhost}",
+            "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net-{nic.name},mac={nic.mac},addr={nic.pci_slot:#x}",
         ]  # fmt: skip
     for device in spec.pci_devices:
@@ -148,13 +159,27 @@ class QemuBackend(Backend):
             raise VmmLaunchError(
                 spec.name, f"binary {self.qemu} is missing (install the Debian package "
                 "qemu-system-x86)", [self.qemu], spec.layout.vmm_log)
-        command = self.command(spec)
-        layout = spec.layout
-        for stale in (layout.control_socket, layout.channel_socket, layout.console_socket):
-            stale.unlink(missing_ok=True)
-        with open(layout.vmm_log, "ab") as log:
-            popen = proc.spawn(command, stdout=log, stderr=log, user=uid, group=gid,
-                               extra_groups=[] if uid is not None else None)
+        fds = NicFds()
+        try:
+            if os.geteuid() == 0:  # else QEMU (as us) opens its TAPs, which user mode lacks
+                for nic in spec.nics:
+                    try:
+                        fds.open(nic.name, nic.tap)
+                    except OSError as exc:
+                        raise VmmLaunchError(
+                            spec.name, f"cannot attach to TAP {nic.tap}: {exc.strerror}",
+                            [], spec.layout.vmm_log) from exc
+            command = build_command(spec, self.accel, self.qemu, fds)
+            layout = spec.layout
+            for stale in (layout.control_socket, layout.channel_socket,
+                          layout.console_socket):
+                stale.unlink(missing_ok=True)
+            with open(layout.vmm_log, "ab") as log:
+                popen = proc.spawn(command, stdout=log, stderr=log, user=uid, group=gid,
+                                   extra_groups=[] if uid is not None else None,
+                                   pass_fds=fds.all())
+        finally:
+            fds.close()
         vmm = VmmProcess(popen.pid, popen)
         deadline = asyncio.get_running_loop().time() + CONTROL_TIMEOUT
         while True:

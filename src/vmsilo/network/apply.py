@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from vmsilo.errors import UserError
 from vmsilo.host import proc
 from vmsilo.network.netlink import Netlink
-from vmsilo.network.plan import NetworkPlan, TapDevice
+from vmsilo.network.plan import ALL_INTERFACES, NetworkPlan, TapDevice
 
 TAP_KIND = "tun"
 BRIDGE_KIND = "bridge"
@@ -78,7 +78,7 @@ def _check(plan: NetworkPlan, link: Netlink) -> dict[str, int]:
             )
     tap_names = {tap.name for tap in plan.taps}
     for interface in plan.forwarding_interfaces:
-        if interface not in tap_names and link.index(interface) is None:
+        if interface not in tap_names | {ALL_INTERFACES} and link.index(interface) is None:
             raise UserError(
                 f"hostNetworking.nat.interface: the host has no interface {interface!r} to NAT "
                 "VM traffic out of; set it to the uplink (see `ip link`)"

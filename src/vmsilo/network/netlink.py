@@ -130,3 +130,14 @@ class Netlink:
                 return False
             raise
         return True
+
+    def name(self, index: int) -> str:
+        return str(self._link(index).get_attr("IFLA_IFNAME"))
+
+    def operstate(self, index: int) -> str:
+        """``up``, ``down`` or (a TAP with no VMM attached) ``no carrier``."""
+        link = self._link(index)
+        if not link["flags"] & 1:  # IFF_UP
+            return "down"
+        state = str(link.get_attr("IFLA_OPERSTATE") or "UNKNOWN")
+        return "no carrier" if state == "DOWN" else "up"

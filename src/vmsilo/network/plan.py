@@ -50,6 +50,8 @@ BRIDGE_FILTER_PRIORITY = -210
 
 _T = TypeVar("_T")
 
+ALL_INTERFACES = "all"  # net.ipv4.conf.all: every interface
+
 BridgePurpose = Literal["netvm-link", "vm-switch"]
 
 
@@ -194,7 +196,9 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
         nat_here |= interface.link is None and nat.enable and interface.host_address is not None
         if nat_here:
             inet.nat_port(tap, _own_sources(interface), uplink)
-            forwarding += [tap] + ([uplink] if uplink else [])
+            # Replies come in on the uplink: it forwards too. Without a named uplink, every
+            # interface may be one ("all").
+            forwarding += [tap, uplink or ALL_INTERFACES]
 
         taps.append(
             TapDevice(
