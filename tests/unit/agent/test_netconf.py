@@ -94,7 +94,9 @@ def test_the_netvm_ruleset_parses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_main_refuses_a_bad_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_refuses_a_bad_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("vmsilo.addr=wan,10.0.0.2/24\n")
     assert netconf.main([str(cmdline)]) == 1
