@@ -242,3 +242,37 @@ def test_stopping_a_vm_removes_its_host_network(net: RunningDaemon) -> None:
     assert not any(Path(f"/sys/class/net/{tap}").exists() for tap in taps)
     tables = sh("nft", "-j", "list", "tables")
     assert "vmsilo-direct" not in tables
+
+
+def _host_traces(vm: str, taps: list[str]) -> list[str]:
+    """What of ``vm``'s host network still exists: its TAPs and its nftables tables."""
+    left = [tap for tap in taps if Path(f"/sys/class/net/{tap}").exists()]
+    tables = json.loads(sh("nft", "-j", "list", "tables"))["nftables"]
+    left += [f"{t['table']['family']} {t['table']['name']}" for t in tables
+             if "table" in t and t["table"]["name"] == f"vmsilo-{vm}"]
+    return left
+
+
+def _taps(daemon: RunningDaemon, vm: str) -> list[str]:
+    interfaces = resolved(daemon)["vms"][vm]["network"]["interfaces"]  # type: ignore[index]
+    return [str(i["tap"]["name"]) for i in interfaces.values()]
+
+
+def test_a_crashed_vm_leaves_nothing_behind(net: RunningDaemon) -> None:
+    taps = _taps(net, "c2")
+    assert _host_traces("c2", taps)  # it runs: its TAP and tables exist
+    pid = net.status()["c2"]["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, 9)
+    net.wait_for_state("c2", "failed", timeout=60)
+    assert _host_traces("c2", taps) == []
+
+
+def test_a_re_adopted_vm_still_cleans_up(net: RunningDaemon) -> None:
+    taps = _taps(net, "c1")
+    net.restart_daemon_only()
+    assert net.status()["c1"]["state"] == "running"
+    assert connect(net, "c1", SERVER, 8080) == UPLINK_ADDRESS  # its network kept working
+    result = net.cli("vm-stop", "c1")
+    assert result.returncode == 0, result.stderr
+    assert _host_traces("c1", taps) == []

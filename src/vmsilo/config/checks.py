@@ -66,6 +66,7 @@ def check_config(
     if settings_valid:
         problems += _global(config)
         problems += _netvm_subnets(config)
+        problems += _subnet_overlaps(config)
     problems += _derived(config)
     return problems
 
@@ -273,6 +274,52 @@ def _netvm_subnets(config: VmsiloConfig) -> list[str]:
                 f"{vm_path(other, 'network', 'netvmSubnet')}: {subnet} is already the link "
                 f"subnet of VM {names[0]!r}; each link needs its own /31"
             )
+    return problems
+
+
+def _subnet_overlaps(config: VmsiloConfig) -> list[str]:
+    """Subnets that would make routing ambiguous: two interfaces of one VM on overlapping
+    subnets, two TAPs whose host addresses overlap on the host, and any configured subnet
+    inside ``netvmRange`` when netvm links take their /31s from it."""
+    problems: list[str] = []
+    netvm_range = ipaddress.IPv4Network(config.netvm_range)
+    uses_links = any(vm.network.netvm is not None for vm in config.vms.values())
+    host_side: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, str]] = []
+    for name, vm in config.vms.items():
+        guest_side: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, str]] = []
+        for if_name, interface in vm.network.interfaces.items():
+            cidrs = [(a, interface_path(name, if_name, "addresses")) for a in interface.addresses]
+            cidrs += [
+                (a, interface_path(name, if_name, "v6Addresses")) for a in interface.v6_addresses
+            ]
+            for cidr, path in cidrs:
+                network = ipaddress.ip_interface(cidr).network
+                for other, _, other_if in guest_side:
+                    if other_if != if_name and network.overlaps(other):
+                        problems.append(
+                            f"{path}: {cidr} overlaps {other} of interface {other_if!r}; give "
+                            "each interface its own subnet"
+                        )
+                guest_side.append((network, path, if_name))
+            host = interface.tap.host_address if interface.tap else None
+            if host is not None:
+                path = interface_path(name, if_name, "tap", "hostAddress")
+                network = ipaddress.ip_interface(host).network
+                for other, other_path, _ in host_side:
+                    if network.overlaps(other):
+                        problems.append(
+                            f"{path}: {host} overlaps {other} of {other_path} on the host; "
+                            "give each TAP its own subnet"
+                        )
+                host_side.append((network, path, if_name))
+                cidrs.append((host, path))
+            for cidr, path in cidrs if uses_links else []:
+                network = ipaddress.ip_interface(cidr).network
+                if network.version == 4 and network.overlaps(netvm_range):
+                    problems.append(
+                        f"{path}: {cidr} overlaps netvmRange {config.netvm_range}, where netvm "
+                        "links take their subnets; choose another subnet or change netvmRange"
+                    )
     return problems
 
 
