@@ -7,6 +7,7 @@ Everything is checked before anything changes; a failure half-way removes what w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pwd
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ def apply_plan(plan: NetworkPlan, *, netns: str | None = None) -> ApplyResult:
             for bridge in plan.bridges:
                 index = link.index(bridge.name)
                 if index is None:
-                    index = link.create_bridge(bridge.name)
+                    index = link.create_bridge(bridge.name, bridge_mac(bridge.name))
                 link.set_up(index)
             without_fq_codel = [
                 tap.name for tap in plan.taps if not _apply_tap(link, tap, uids[tap.owner])
@@ -107,6 +108,12 @@ def apply_plan(plan: NetworkPlan, *, netns: str | None = None) -> ApplyResult:
             _remove(plan, link, netns)
             raise
     return ApplyResult(without_fq_codel=tuple(without_fq_codel))
+
+
+def bridge_mac(name: str) -> str:
+    """A locally administered unicast MAC derived from the bridge's name."""
+    digest = hashlib.sha1(f"vmsilo-bridge-{name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def _apply_tap(link: Netlink, tap: TapDevice, uid: int) -> bool:
@@ -129,6 +136,8 @@ def _apply_tap(link: Netlink, tap: TapDevice, uid: int) -> bool:
             raise UserError(f"bridge {tap.bridge!r} vanished while TAP {tap.name} was set up")
         if link.master(index) != bridge:
             link.set_master(index, bridge)
+        if tap.fq_codel is not None:  # a vm-switch port
+            configure_switch_port(link, index, bridge, tap)
     elif link.master(index) is not None:
         link.set_master(index, 0)
     link.set_up(index)
@@ -144,6 +153,16 @@ def _apply_tap(link: Netlink, tap: TapDevice, uid: int) -> bool:
     return True
 
 
+def configure_switch_port(link: Netlink, index: int, bridge: int, tap: TapDevice) -> None:
+    """Neighbour proxying on a vm-switch port: a static forwarding entry for the guest's MAC
+    and, on the bridge, a permanent neighbour entry per guest address, so that the bridge
+    answers members' ARP requests itself (upstream's switch answers ARP locally too)."""
+    link.set_port_proxy_arp(index)
+    link.add_static_fdb(index, bridge, tap.guest_mac)
+    for ip in tap.neighbours:
+        link.set_neighbour(bridge, ip, tap.guest_mac)
+
+
 def remove_plan(plan: NetworkPlan, *, netns: str | None = None) -> None:
     """Delete the plan's tables and TAPs, and its bridges once no port is left on them. Safe
     to run when none, some or all of it exists."""
@@ -154,6 +173,10 @@ def remove_plan(plan: NetworkPlan, *, netns: str | None = None) -> None:
 def _remove(plan: NetworkPlan, link: Netlink, netns: str | None) -> None:
     _run_nft(plan.remove_ruleset(), netns)
     for tap in plan.taps:
+        bridge_index = link.index(tap.bridge) if tap.neighbours and tap.bridge else None
+        if bridge_index is not None:
+            for ip in tap.neighbours:
+                link.delete_neighbour(bridge_index, ip)
         index = link.index(tap.name)
         if index is not None and link.kind(index) == TAP_KIND:
             link.delete(index)

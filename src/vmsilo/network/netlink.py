@@ -12,6 +12,9 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError, NetNS
 
+NUD_NOARP = 0x40  # a static forwarding entry (`bridge fdb … static`)
+NUD_PERMANENT = 0x80
+
 
 class Netlink:
     def __init__(self, netns: str | None = None) -> None:
@@ -64,8 +67,10 @@ class Netlink:
         self._ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, ifr={"no_pi": True})
         return self._require(name)
 
-    def create_bridge(self, name: str) -> int:
-        self._ipr.link("add", ifname=name, kind="bridge")
+    def create_bridge(self, name: str, mac: str) -> int:
+        # A fixed MAC: a bridge otherwise takes its ports' lowest, and each change of its MAC
+        # flushes its neighbour entries (the proxy ARP table of vm-switch networks).
+        self._ipr.link("add", ifname=name, kind="bridge", address=mac)
         return self._require(name)
 
     def _require(self, name: str) -> int:
@@ -141,3 +146,23 @@ class Netlink:
             return "down"
         state = str(link.get_attr("IFLA_OPERSTATE") or "UNKNOWN")
         return "no carrier" if state == "DOWN" else "up"
+
+    # -- bridge ports (vm-switch) -------------------------------------------------------------
+
+    def set_port_proxy_arp(self, index: int) -> None:
+        """The bridge answers ARP for the members it knows, and learns no MAC from traffic
+        (members' MACs are entered statically)."""
+        self._ipr.brport("set", index=index, proxyarp=1, learning=0)
+
+    def add_static_fdb(self, index: int, bridge: int, mac: str) -> None:
+        self._ipr.fdb("replace", ifindex=index, lladdr=mac, master=bridge, state=NUD_NOARP)
+
+    def set_neighbour(self, index: int, ip: str, mac: str) -> None:
+        self._ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+
+    def delete_neighbour(self, index: int, ip: str) -> None:
+        try:
+            self._ipr.neigh("del", dst=ip, ifindex=index)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.ENODEV):
+                raise

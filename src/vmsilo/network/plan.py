@@ -75,6 +75,8 @@ class TapDevice:
     host_address: str | None = None
     bridge: str | None = None
     fq_codel: FqCodel | None = None
+    # vm-switch ports: the bridge answers ARP for these guest addresses (proxy ARP)
+    neighbours: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,12 +174,14 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
         tap = interface.tap_name
         bridge_name = interface.bridge
         fq_codel = None
+        neighbours: tuple[str, ...] = ()
         if interface.kind == "vm-switch" and interface.interface is not None:
             network = interface.interface.vm_network
             assert network is not None  # checks guarantee a vmNetwork for vm-switch
             bridge_name = vm_switch_bridge_name(network.name)
             bridges.append(Bridge(bridge_name, "vm-switch"))
             fq_codel = _fq_codel(resolved.config.vm_switch)
+            neighbours = tuple(str(ipaddress.IPv4Interface(a).ip) for a in interface.addresses)
             bridge.port(
                 tap,
                 interface.mac,
@@ -210,6 +214,7 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
                 host_address=interface.host_address,
                 bridge=bridge_name,
                 fq_codel=fq_codel,
+                neighbours=neighbours,
             )
         )
     tables = tuple(t.build() for t in (inet, bridge) if t.has_rules())
@@ -332,7 +337,13 @@ def plan_from_json(data: Json) -> NetworkPlan:
 
     def tap(item: Json) -> TapDevice:
         fq = item.get("fq_codel")
-        return TapDevice(**{**item, "fq_codel": FqCodel(**fq) if fq else None})
+        return TapDevice(
+            **{
+                **item,
+                "fq_codel": FqCodel(**fq) if fq else None,
+                "neighbours": tuple(item.get("neighbours", ())),
+            }
+        )
 
     return NetworkPlan(
         taps=tuple(tap(item) for item in data["taps"]),

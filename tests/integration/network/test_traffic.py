@@ -12,7 +12,8 @@ import pytest
 
 from vmsilo.host import proc
 from vmsilo.network import plan_vm
-from vmsilo.network.apply import apply_plan, remove_plan
+from vmsilo.network.apply import apply_plan, configure_switch_port, remove_plan
+from vmsilo.network.netlink import Netlink
 
 from .conftest import resolved_config, sh
 
@@ -156,11 +157,23 @@ def test_vm_switch_peers_talk_but_cannot_spoof_or_reach_the_host(
         (tap,) = plans[name].taps
         address = resolved.vms[name].interfaces["sw"].addresses[0]
         stand_in(host, tap.name, vm, tap.guest_mac, [address])
+        with Netlink(host) as link:  # the stand-in veth gets the TAP's port settings
+            port, bridge = link.index(tap.name), link.index("vmsw-office")
+            assert port is not None and bridge is not None
+            configure_switch_port(link, port, bridge, tap)
     sh(host, "ip", "addr", "add", "10.5.0.1/24", "dev", "vmsw-office")
     serve(host, "10.5.0.1", 8081)
     serve(vm_a, "10.5.0.2", 8080)
 
     assert connect(vm_b, "10.5.0.2", 8080) == "10.5.0.3"
+    # Neighbour proxying: with neither member answering ARP, they still find each other,
+    # because the bridge answers for them.
+    for vm in (vm_a, vm_b):
+        sh(vm, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.arp_ignore=8")
+        sh(vm, "ip", "neigh", "flush", "all")
+    assert connect(vm_b, "10.5.0.2", 8080) == "10.5.0.3"
+    for vm in (vm_a, vm_b):
+        sh(vm, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.arp_ignore=0")
     assert connect(vm_b, "10.5.0.1", 8081) is None  # the host is not on the network
     sh(vm_b, "ip", "addr", "add", "10.5.0.9/24", "dev", "eth0")
     assert connect(vm_b, "10.5.0.2", 8080, source="10.5.0.9") is None

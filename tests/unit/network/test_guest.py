@@ -88,6 +88,7 @@ def test_vm_switch_ports_are_taps_in_the_networks_bridge() -> None:
     (tap,) = plan_vm(resolved, "a").taps
     assert tap.name == resolved.vms["a"].interfaces["sw"].tap_name
     assert tap.bridge == "vmsw-office"
+    assert tap.neighbours == ("10.5.0.2",)  # the bridge answers ARP for it
 
 
 def test_a_plan_survives_its_json_record() -> None:
