@@ -52,7 +52,7 @@ sound.playback = false
 sharedHome = false
 gpu = false
 sound.playback = false
-network.interfaces.wan = { tap.hostAddress = "10.9.0.1/24", addresses = ["10.9.0.2/24"] }
+network.interfaces.wan = { tap.bridge = "vmsilo-nobr", addresses = ["10.9.0.2/24"] }
 
 [vms.fine]
 memory = 512
@@ -136,12 +136,16 @@ def test_no_space_for_the_overlay_leaves_nothing_behind(faults: RunningDaemon) -
     assert not list((faults.root / "run").glob("bulky*"))
 
 
-def test_a_missing_tap_device_is_named_with_how_to_create_it(faults: RunningDaemon) -> None:
+def test_a_missing_bridge_is_named_with_how_to_create_it(faults: RunningDaemon) -> None:
     result = faults.cli("vm-start", "wired")
     assert result.returncode == 1
     message = result.stderr.decode()
-    assert "TAP device wired-22 does not exist" in message
-    assert "ip tuntap add dev wired-22 mode tap user root" in message
+    assert (
+        "vms.wired.network.interfaces.wan.tap.bridge: the host has no bridge 'vmsilo-nobr'"
+        in message
+    )
+    assert "ip link add vmsilo-nobr type bridge" in message
+    assert not Path("/sys/class/net/wired-22").exists()  # no TAP was left behind
     _nothing_left(faults, "wired")
 
 
