@@ -9,7 +9,8 @@ connection from its first byte to its end and answers with the byte count and se
 - measured: ``c1`` → gate (its nftables forward + masquerade) → host (NAT) → internet
 - baseline: ``flat`` → host bridge → internet (no routing, no NAT, no second guest)
 
-Both senders are the same python3 loop in the guest (64 KiB writes), alternating, 3 rounds.
+Both senders are the same python3 loop in the guest (64 KiB writes), alternating, 5 rounds
+of 64 MiB.
 Run as root: ``.venv/bin/python -m bench.network``
 """
 
@@ -27,8 +28,8 @@ from tests.support.images import build_default_image, build_image_for
 
 from bench.common import Comparison, Sample, print_comparisons
 
-ROUNDS = 3
-MIB = 16
+ROUNDS = 5
+MIB = 64
 NETNS = f"vmsilo-bench-inet-{os.getpid()}"
 UPLINK = "vmsb-up"
 BRIDGE = "vmsb-br"

@@ -25,6 +25,9 @@ from vmsilo.config.model import HOST_NETVM, UsbDevice, VmConfig, VmsiloConfig
 from vmsilo.config.resolved import resolve
 
 _VM_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# The guest mounts the shared home here under this tag (vmsilo.shares.plan repeats them).
+GUEST_HOME = "/home/user"
+HOME_TAG = "vmsilo-home"
 _TAG_RE = re.compile(r"[A-Za-z0-9_.-]{1,36}")
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -155,8 +158,22 @@ def _vm_table(name: str, vm: VmConfig) -> list[str]:
                 f"{interface_path(name, if_name, 'tap', 'bridge')}: names starting with "
                 f"{LINK_BRIDGE_PREFIX!r} are reserved for netvm link bridges; choose another name"
             )
+    mount_points: dict[str, str] = {}
+    if vm.shared_home is not False:
+        mount_points[GUEST_HOME] = "sharedHome"
     for tag, share in vm.shared_directories.items():
         share_path = vm_path(name, "sharedDirectories", path_key(tag))
+        if tag == HOME_TAG and vm.shared_home is not False:
+            problems.append(
+                f"{share_path}: the tag {HOME_TAG!r} is the shared home's; choose another tag"
+            )
+        mount_point = str(share.mount_point or f"/mnt/{tag}").rstrip("/") or "/"
+        if mount_point in mount_points:
+            problems.append(
+                f"{share_path}.mountPoint: {mount_point} is also where "
+                f"{mount_points[mount_point]} is mounted; choose another mountPoint"
+            )
+        mount_points.setdefault(mount_point, f"sharedDirectories.{tag}")
         if not _TAG_RE.fullmatch(tag):
             problems.append(
                 f"{share_path}: {tag!r} cannot be a virtiofs tag; use 1-36 characters from "

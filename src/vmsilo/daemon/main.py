@@ -32,6 +32,7 @@ from vmsilo.image import manifest
 from vmsilo.image.spec import agent_digest, spec_for_vm
 from vmsilo.network.guest import guest_params
 from vmsilo.network.plan import NetworkPlan, plan_vm
+from vmsilo.shares.service import ShareService
 
 log = logging.getLogger("vmsilod")
 
@@ -84,6 +85,8 @@ class Daemon:
             if entry.pw_uid != 0:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
+        self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
+                                   else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
         self.supervisor = Supervisor(self.resolved, self._controller, self._reload)
         self.server = ControlServer(self.supervisor, paths.control_socket, self.allowed_uids,
@@ -112,8 +115,9 @@ class Daemon:
         if vm.kernel is None or vm.root_disk is None:
             image = image_dir_for(rvm.name, rvm, self.paths, self.config.image.suite,
                                   self.config.image.mirror, agent_digest())
-        return launch_spec(rvm, image, self.paths,
-                           guest_network=tuple(self._guest_params(rvm)))
+        fs_shares, share_words = self.shares.launch_parts(rvm, self.paths.vm_runtime_dir(rvm.name))
+        return launch_spec(rvm, image, self.paths, guest_network=tuple(self._guest_params(rvm)),
+                           shares=fs_shares, guest_shares=share_words)
 
     def _with_vm(self, rvm: ResolvedVm) -> Resolved:
         """The VM as it starts (its controller's config) among the daemon's view of the
@@ -131,7 +135,7 @@ class Daemon:
         backend = self.backends.get(rvm.vm.hypervisor, self.backends["qemu"])
         network = self._network_plan if self.paths.mode is Mode.SYSTEM else None
         return VmController(rvm, backend, self._plan, owner=self.owner,
-                            timeouts=self.timeouts, network=network)
+                            timeouts=self.timeouts, network=network, shares=self.shares)
 
     async def run(self, stop: asyncio.Event) -> None:
         if await _daemon_answers(self.paths.control_socket):

@@ -13,7 +13,14 @@ from typing import Any
 from vmsilo.config import ResolvedVm, parse_size
 from vmsilo.config.model import Disk
 from vmsilo.host.paths import Paths
-from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec, NicSpec, OverlayKind, RuntimeLayout
+from vmsilo.hypervisor.spec import (
+    DiskSpec,
+    FsShare,
+    LaunchSpec,
+    NicSpec,
+    OverlayKind,
+    RuntimeLayout,
+)
 from vmsilo.network.guest import check_cmdline_length
 
 SERIAL_MAX = 20
@@ -66,6 +73,8 @@ def launch_spec(
     *,
     use_vsock: bool = False,
     guest_network: tuple[str, ...] = (),
+    shares: tuple[FsShare, ...] = (),
+    guest_shares: tuple[str, ...] = (),
 ) -> LaunchSpec:
     vm = rvm.vm
     if image_dir is None and (vm.kernel is None or vm.root_disk is None):
@@ -117,6 +126,8 @@ def launch_spec(
         pci_devices=tuple(pci_sysfs_path(dev.path) for dev in vm.pci_devices),
         extra_args=tuple(vm.qemu.extra_args),
         guest_network=guest_network,
+        shares=shares,
+        guest_shares=guest_shares,
         use_vsock=use_vsock,
     )
     check_cmdline_length(rvm.name, spec.kernel_cmdline(VMM_PARAMS_ALLOWANCE))

@@ -1,6 +1,7 @@
 """One VM as vmsilod sees it: its state, its start and stop, its VMM and its guest channel.
 
-Start runs in bounded stages (image, runtime dir, network, overlay, VMM, agent hello) through one
+Start runs in bounded stages (image, runtime dir, network, overlay, shared folders, VMM,
+agent hello) through one
 rollback guard; concurrent start requests share a single start. Once running, a watcher
 notices the VMM ending on its own (crash, kill, guest power-off) and cleans up. Stop asks the
 agent, then the VMM, then kills — each step bounded. A VM whose VMM outlived an earlier
@@ -32,6 +33,8 @@ from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import LaunchSpec, spec_from_json
 from vmsilo.network.apply import apply_plan, remove_plan
 from vmsilo.network.plan import NetworkPlan, plan_from_json, plan_to_json
+from vmsilo.shares.runner import RunningShare
+from vmsilo.shares.service import ShareService
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class VmController:
         timeouts: Timeouts = Timeouts(),
         on_state: Callable[[VmController], Awaitable[None]] | None = None,
         network: NetworkFn | None = None,
+        shares: ShareService | None = None,
     ) -> None:
         self.name = resolved.name
         self.resolved = resolved  # the config the VM runs (or will run) with
@@ -77,6 +81,7 @@ class VmController:
         self.timeouts = timeouts
         self.on_state = on_state
         self.network = network
+        self.shares = shares
         self.state = Runstate.STOPPED
         self.reason: str | None = None
         self.log_path: Path | None = None
@@ -154,6 +159,7 @@ class VmController:
                 await stages.run("runtime directory", lambda: self._acquire_runtime(spec), 10)
                 await stages.run("network", lambda: self._acquire_network(spec), 60)
                 await stages.run("root overlay", lambda: self._acquire_overlay(spec), 30)
+                await stages.run("shared folders", lambda: self._acquire_shares(spec), 120)
                 await stages.run("VMM", lambda: self._launch(spec), self.timeouts.vmm_start)
                 await stages.run("agent", lambda: self._wait_for_agent(spec),
                                  self.timeouts.agent_hello)
@@ -205,6 +211,13 @@ class VmController:
 
         return undo
 
+    @staticmethod
+    def _undo_shares(running: list[RunningShare]) -> Undo:
+        async def undo() -> None:
+            await asyncio.to_thread(ShareService.stop_all, running)
+
+        return undo
+
     def _undo_vmm(self, spec: LaunchSpec, vmm: VmmProcess) -> Undo:
         async def undo() -> None:
             await self.backend.stop(spec, vmm, graceful=0, forced=self.timeouts.vmm_quit)
@@ -248,6 +261,13 @@ class VmController:
         plan = self._saved_network(runtime_dir)
         if plan is not None:
             await asyncio.to_thread(remove_plan, plan)
+
+    async def _acquire_shares(self, spec: LaunchSpec) -> Undo | None:
+        if self.shares is None or not spec.shares:
+            return None
+        running = await asyncio.to_thread(self.shares.start_all, self.resolved, spec,
+                                          self.owner)
+        return self._undo_shares(running)
 
     async def _acquire_overlay(self, spec: LaunchSpec) -> Undo:
         resources.acquire_overlay(spec, self.owner)
@@ -410,6 +430,7 @@ class VmController:
         if not self.backend.owns_process(pid, spec.name):
             log.warning("VM %s: its VMM (pid %d) is gone; cleaning up", self.name, pid)
             resources.release_overlay(spec)
+            ShareService.stop_all(ShareService.adopt_all(spec))
             await self._remove_saved_network(runtime_dir)
             resources.release_runtime_dir(spec)
             self.state = Runstate.FAILED
@@ -425,6 +446,7 @@ class VmController:
             stages.undo_steps.append(("network", self._undo_network(network)))
         stages.undo_steps += [
             ("root overlay", self._undo_overlay(spec)),
+            ("shared folders", self._undo_shares(ShareService.adopt_all(spec))),
             ("VMM", self._undo_vmm(spec, self.vmm)),
             ("agent", self._undo_transport(self.transport)),
         ]

@@ -61,6 +61,14 @@ def build_command(
     layout = spec.layout
     needs_pci = bool(spec.nics or spec.pci_devices)
     machine = f"microvm,pcie={'on' if needs_pci else 'off'},rtc=on,acpi=on"
+    memory: list[str] = []
+    if spec.shares:
+        # vhost-user (virtiofsd) reads and writes guest memory: it must be shareable.
+        machine += ",memory-backend=ram"
+        memory = ["-object", f"memory-backend-memfd,id=ram,size={spec.memory_mb}M,share=on",
+                  # microvm's virtio-mmio defaults to the legacy interface, which vhost-user
+                  # backends refuse.
+                  "-global", "virtio-mmio.force-legacy=false"]
     argv = [
         qemu,
         "-name", process_marker(spec.name),
@@ -68,6 +76,7 @@ def build_command(
         "-machine", machine,
         *accel.qemu_args,
         "-m", f"{spec.memory_mb}M",
+        *memory,
         "-smp", str(spec.cpus),
         "-kernel", str(spec.kernel),
         "-append", spec.kernel_cmdline(accel.kernel_params),
@@ -108,6 +117,11 @@ def build_command(
         argv += [
             "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net-{nic.name},mac={nic.mac},addr={nic.pci_slot:#x}",
+        ]  # fmt: skip
+    for index, share in enumerate(spec.shares):
+        argv += [
+            "-chardev", f"socket,id=fs{index},path={share.socket}",
+            "-device", f"vhost-user-fs-device,chardev=fs{index},tag={share.tag}",
         ]  # fmt: skip
     for device in spec.pci_devices:
         argv += ["-device", f"vfio-pci,sysfsdev={device}"]

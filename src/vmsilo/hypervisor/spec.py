@@ -85,6 +85,12 @@ class RuntimeLayout:
 
 
 @dataclass(frozen=True)
+class FsShare:
+    tag: str
+    socket: Path  # virtiofsd's vhost-user socket
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     name: str
     cid: int
@@ -105,6 +111,9 @@ class LaunchSpec:
     # The guest's network as kernel words (protocol.netparams); without them, only the NICs'
     # names reach the guest.
     guest_network: tuple[str, ...] = ()
+    # virtiofs shares: their tags and vhost-user sockets, and the guest's words for them
+    shares: tuple[FsShare, ...] = ()
+    guest_shares: tuple[str, ...] = ()
     balloon: bool = True
     use_vsock: bool = False  # vhost-vsock when the host has it, else the virtio-serial mux
     labels: dict[str, str] = field(default_factory=dict)
@@ -128,6 +137,7 @@ class LaunchSpec:
         if self.overlay is OverlayKind.TMPFS:
             params.append(f"vmsilo.overlay_size={self.overlay_size}")
         params += self.guest_network or [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
+        params += self.guest_shares
         params += vmm_params
         params += self.kernel_params
         return " ".join(params)
@@ -155,6 +165,8 @@ def spec_to_json(spec: LaunchSpec) -> dict[str, object]:
                  for n in spec.nics],
         "kernel_params": list(spec.kernel_params), "pci_devices": list(spec.pci_devices),
         "extra_args": list(spec.extra_args), "guest_network": list(spec.guest_network),
+        "shares": [{"tag": s.tag, "socket": str(s.socket)} for s in spec.shares],
+        "guest_shares": list(spec.guest_shares),
         "balloon": spec.balloon,
         "use_vsock": spec.use_vsock, "labels": dict(spec.labels),
     }  # fmt: skip
@@ -185,6 +197,8 @@ def spec_from_json(data: dict[str, Any]) -> LaunchSpec:
         kernel_params=tuple(data["kernel_params"]), pci_devices=tuple(data["pci_devices"]),
         extra_args=tuple(data["extra_args"]),
         guest_network=tuple(str(w) for w in data.get("guest_network", ())),
+        shares=tuple(FsShare(str(s["tag"]), Path(s["socket"])) for s in data.get("shares", ())),
+        guest_shares=tuple(str(w) for w in data.get("guest_shares", ())),
         balloon=bool(data["balloon"]),
         use_vsock=bool(data["use_vsock"]), labels=dict(data["labels"]),
     )  # fmt: skip

@@ -88,6 +88,26 @@ ExecStart=/usr/bin/python3 -m vmsilo.agent.netconf
 WantedBy=sysinit.target
 """
 
+# Gives `user` the host user's ids and mounts the virtiofs shares, before the agent runs
+# anything (``vmsilo.agent.shares``); only in VMs that share folders.
+SHARES_UNIT = """\
+[Unit]
+Description=vmsilo shared folders
+DefaultDependencies=no
+ConditionKernelCommandLine=|vmsilo.share
+ConditionKernelCommandLine=|vmsilo.uid
+After=systemd-remount-fs.service systemd-modules-load.service
+Before=vmsilo-agent.service systemd-user-sessions.service local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 -m vmsilo.agent.shares
+
+[Install]
+WantedBy=sysinit.target
+"""
+
 # networkd is enabled in every image but runs only in VMs that have interfaces.
 NETWORKD_DROPIN = """\
 [Unit]
@@ -159,7 +179,7 @@ def configure_script(spec: ImageSpec) -> str:
         "echo Etc/UTC > /etc/timezone",
         f"python3 -m compileall -q {AGENT_DEST}",
         "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service "
-        "vmsilo-network.service systemd-networkd.service",
+        "vmsilo-network.service vmsilo-shares.service systemd-networkd.service",
         "systemctl mask " + " ".join(MASKED_UNITS),
     ]
     if spec.enable_units:
@@ -181,6 +201,7 @@ def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[Stag
     files = [
         StagedFile("/etc/systemd/system/vmsilo-agent.service", AGENT_UNIT.encode(), 0o644),
         StagedFile("/etc/systemd/system/vmsilo-network.service", NETWORK_UNIT.encode(), 0o644),
+        StagedFile("/etc/systemd/system/vmsilo-shares.service", SHARES_UNIT.encode(), 0o644),
         StagedFile(
             "/etc/systemd/system/systemd-networkd.service.d/vmsilo.conf",
             NETWORKD_DROPIN.encode(),

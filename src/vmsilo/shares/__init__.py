@@ -1,0 +1,1 @@
+"""Shared folders: the VM's home and its ``sharedDirectories``, served by virtiofsd."""
