@@ -93,8 +93,12 @@ def test_vsock_replaces_the_mux_when_available() -> None:
 
 
 def test_kernel_command_line_carries_per_vm_settings() -> None:
-    spec = make_spec(overlay=OverlayKind.TMPFS, overlay_disk=None, overlay_size=1 << 30,
-                     kernel_params=("debug", "acpi=off"))
+    spec = make_spec(
+        overlay=OverlayKind.TMPFS,
+        overlay_disk=None,
+        overlay_size=1 << 30,
+        kernel_params=("debug", "acpi=off"),
+    )
     params = option_values(build_command(spec, TCG), "-append")[0].split()
     assert "vmsilo.name=banking" in params
     assert "systemd.hostname=banking" in params
@@ -128,15 +132,46 @@ def test_console_is_logged_and_attachable() -> None:
 def test_pci_passthrough_and_extra_disks() -> None:
     spec = make_spec(
         pci_devices=("/sys/bus/pci/devices/0000:01:00.0",),
-        extra_disks=(DiskSpec(Path("/data/d.qcow2"), "data", False, format="qcow2",
-                              block_size=4096),),
+        extra_disks=(
+            DiskSpec(Path("/data/d.qcow2"), "data", False, format="qcow2", block_size=4096),
+        ),
         extra_args=("-trace", "virtio_blk*"),
     )
     argv = build_command(spec, TCG)
     assert option_values(argv, "-machine")[0].startswith("microvm,pcie=on")
     devices = option_values(argv, "-device")
     assert "vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:01:00.0" in devices
-    assert ("virtio-blk-device,drive=disk0,serial=data,logical_block_size=4096,"
-            "physical_block_size=4096") in devices
+    assert (
+        "virtio-blk-device,drive=disk0,serial=data,logical_block_size=4096,physical_block_size=4096"
+    ) in devices
     assert "file=/data/d.qcow2,if=none,id=disk0,format=qcow2" in option_values(argv, "-drive")
     assert argv[-2:] == ["-trace", "virtio_blk*"]
+
+
+def test_shares_get_shared_memory_modern_mmio_and_a_vhost_user_fs_device() -> None:
+    from vmsilo.hypervisor.spec import FsShare
+
+    spec = make_spec(
+        shares=(
+            FsShare("vmsilo-home", Path("/run/vmsilo/banking/virtiofs-vmsilo-home/socket")),
+            FsShare("docs", Path("/run/vmsilo/banking/virtiofs-docs/socket")),
+        ),
+        guest_shares=("vmsilo.share=vmsilo-home,/home/user,rw", "vmsilo.uid=1000:1000"),
+    )
+    argv = build_command(spec, TCG)
+    (machine,) = option_values(argv, "-machine")
+    assert machine.endswith(",memory-backend=ram")
+    assert option_values(argv, "-object") == ["memory-backend-memfd,id=ram,size=2048M,share=on"]
+    assert "virtio-mmio.force-legacy=false" in option_values(argv, "-global")
+    chardevs = option_values(argv, "-chardev")
+    assert "socket,id=fs1,path=/run/vmsilo/banking/virtiofs-docs/socket" in chardevs
+    devices = option_values(argv, "-device")
+    assert "vhost-user-fs-device,chardev=fs0,tag=vmsilo-home" in devices
+    assert "vhost-user-fs-device,chardev=fs1,tag=docs" in devices
+    cmdline = option_values(argv, "-append")[0].split()
+    assert "vmsilo.share=vmsilo-home,/home/user,rw" in cmdline and "vmsilo.uid=1000:1000" in cmdline
+
+
+def test_without_shares_memory_is_private() -> None:
+    argv = build_command(make_spec(), TCG)
+    assert option_values(argv, "-object") == [] and option_values(argv, "-global") == []
