@@ -85,9 +85,16 @@ class RunningDaemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._kill_leftover_vmms()
+        self._stop_balloond()
         subprocess.run(["umount", "-l", str(self.root / "state")], capture_output=True,
                        check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _stop_balloond(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.root / "run" / "balloond.pid").read_text())
+            if b"vmsilo.balloon.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
 
     def _kill_leftover_vmms(self) -> None:
         for pidfile in (self.root / "run").glob("*/vmm.pid"):

@@ -18,6 +18,7 @@ GROUPS: dict[str, str] = {
     "image": "vmsilo.cli.image_cmd",
     "daemon": "vmsilo.cli.daemon_cmd",
     "net": "vmsilo.cli.net_cmd",
+    "balloon": "vmsilo.cli.balloon_cmd",
 }
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
+from vmsilo.daemon import balloond
 from vmsilo.daemon.plan import launch_spec
 from vmsilo.daemon.server import ControlServer
 from vmsilo.daemon.supervisor import Supervisor
@@ -150,6 +151,8 @@ class Daemon:
             log.info("re-adopted running VMs: %s", ", ".join(adopted))
         await self.server.start()
         log.info("listening on %s (%s mode)", self.paths.control_socket, self.paths.mode.value)
+        balloond.ensure_running(self.paths, self.config_path,
+                                list(self.config.vmsilo_balloond.extra_args))
         notify_systemd("READY=1")
         autostart = asyncio.create_task(self.supervisor.autostart())
         await stop.wait()

@@ -3,11 +3,13 @@ second instance, and a clean exit on SIGTERM. No VM is booted here."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,15 @@ def test_ready_and_stopping_are_reported_to_systemd(tmp_path: Path) -> None:
         status = subprocess.run([str(BIN / "vmsilo"), "status"], env=env, capture_output=True,
                                 check=False)
         assert status.returncode == 0 and b"idle" in status.stdout
+        # vmsilod started vmsilo-balloond, which writes its status every tick.
+        balloond_status = tmp_path / "root" / "run" / "balloond.json"
+        deadline = time.monotonic() + 30
+        while not balloond_status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        balloond_pid = json.loads(balloond_status.read_text())["pid"]
+        balloon = subprocess.run([str(BIN / "vmsilo"), "balloon", "status"], env=env,
+                                 capture_output=True, check=False)
+        assert balloon.returncode == 0 and b"No running VM has a balloon." in balloon.stdout
         second = subprocess.run([str(BIN / "vmsilo"), "daemon"], env=env, capture_output=True,
                                 timeout=30, check=False)
         assert second.returncode == 1
@@ -52,6 +63,14 @@ def test_ready_and_stopping_are_reported_to_systemd(tmp_path: Path) -> None:
         daemon.kill()
         notify.close()
     assert not (tmp_path / "root" / "run" / "control.socket").exists()
+    # balloond outlives vmsilod (it keeps balancing running VMs), and leaves with the
+    # runtime directory.
+    assert Path(f"/proc/{balloond_pid}").exists()
+    shutil.rmtree(tmp_path / "root" / "run")
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{balloond_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{balloond_pid}").exists()
 
 
 def test_disabled_config_is_refused_with_the_fix(tmp_path: Path) -> None:
