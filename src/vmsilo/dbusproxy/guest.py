@@ -1,0 +1,337 @@
+"""The guest half of the D-Bus proxy, in the guest user's session: it *is* the session's
+StatusNotifierWatcher and notification server, so tray items and notifications of guest
+programs come to it; it serializes them to the host half and carries the host's activations,
+scrolls, menu clicks, notification actions and closes back to the programs.
+
+Tray items are read with Properties.GetAll and re-read when they signal a change; their
+com.canonical.dbusmenu menus with GetLayout (again on LayoutUpdated). Everything sent is cut
+to the protocol's limits here already, so a well-behaved guest never trips the host's checks.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import MessageType, PropertyAccess
+from dbus_next.message import Message
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+from dbus_next.signature import Variant
+
+from vmsilo.protocol import dbusproxy as wire
+from vmsilo.protocol.dbusproxy import (
+    ItemAdd,
+    ItemProps,
+    ItemRemove,
+    ItemUpdate,
+    MenuLayout,
+    MenuNode,
+    Notify,
+    NotifyClose,
+    Pixmap,
+)
+
+log = logging.getLogger(__name__)
+
+ITEM_IFACE = "org.kde.StatusNotifierItem"
+MENU_IFACE = "com.canonical.dbusmenu"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+ITEM_SIGNALS = ("NewTitle", "NewIcon", "NewToolTip", "NewStatus", "NewAttentionIcon")
+
+
+def _cut(text: object, limit: int) -> str:
+    value = text if isinstance(text, str) else ""
+    value = wire._CONTROL.sub("", value)
+    return value[:limit]
+
+
+def _value(props: dict[str, Any], key: str) -> Any:
+    item = props.get(key)
+    return item.value if isinstance(item, Variant) else item
+
+
+def item_props(props: dict[str, Any]) -> ItemProps:
+    """A StatusNotifierItem's properties, cut to what the protocol allows."""
+    pixmaps = []
+    for entry in (_value(props, "IconPixmap") or [])[: wire.MAX_PIXMAPS]:
+        width, height, data = entry
+        if 0 < width <= wire.MAX_ICON_SIDE and 0 < height <= wire.MAX_ICON_SIDE \
+                and len(data) == width * height * 4:
+            pixmaps.append(Pixmap(width, height, bytes(data)))
+    tooltip = _value(props, "ToolTip") or ["", [], "", ""]
+    status = _value(props, "Status")
+    category = _value(props, "Category")
+    menu = _value(props, "Menu")
+    return ItemProps(
+        title=_cut(_value(props, "Title"), wire.MAX_TITLE),
+        tooltip_title=_cut(tooltip[2] if len(tooltip) > 2 else "", wire.MAX_TITLE),
+        tooltip_text=_cut(tooltip[3] if len(tooltip) > 3 else "", wire.MAX_TOOLTIP),
+        status=status if status in wire.STATUSES else "Active",
+        category=category if category in wire.CATEGORIES else "ApplicationStatus",
+        icon_name=_cut(_value(props, "IconName"), wire.MAX_ID * 2),
+        pixmaps=tuple(pixmaps),
+        has_menu=isinstance(menu, str) and menu not in ("", "/", "/NO_DBUSMENU"),
+    )
+
+
+def menu_node(layout: list[Any], depth: int = 0, budget: list[int] | None = None) -> MenuNode:
+    """A dbusmenu layout ``(ia{sv}av)``, cut to the protocol's depth and size."""
+    budget = budget if budget is not None else [wire.MAX_MENU_NODES]
+    budget[0] -= 1
+    node_id, props, children = layout
+    kids: list[MenuNode] = []
+    if depth < wire.MAX_MENU_DEPTH:
+        for child in children:
+            if budget[0] <= 0:
+                break
+            value = child.value if isinstance(child, Variant) else child
+            kids.append(menu_node(value, depth + 1, budget))
+    kind = _value(props, "type")
+    toggle = _value(props, "toggle-type")
+    state = _value(props, "toggle-state")
+    return MenuNode(
+        id=int(node_id) if 0 <= int(node_id) < 2**31 else 0,
+        label=_cut(_value(props, "label"), wire.MAX_LABEL),
+        enabled=_value(props, "enabled") is not False,
+        visible=_value(props, "visible") is not False,
+        type="separator" if kind == "separator" else "standard",
+        toggle_type=toggle if toggle in wire.TOGGLE_TYPES else "",
+        toggle_state=state if state in (-1, 0, 1) else -1,
+        children=tuple(kids),
+    )
+
+
+class Watcher(ServiceInterface):
+    def __init__(self, proxy: "GuestProxy") -> None:
+        super().__init__("org.kde.StatusNotifierWatcher")
+        self.proxy = proxy
+
+    @method()
+    def RegisterStatusNotifierItem(self, service: "s"):
+        sender = self.proxy.current_sender
+        self.proxy.spawn(self.proxy.add_item(service, sender))
+
+    @method()
+    def RegisterStatusNotifierHost(self, service: "s"):
+        pass
+
+    @dbus_property(access=PropertyAccess.READ)
+    def RegisteredStatusNotifierItems(self) -> "as":
+        return [f"{bus}{path}" for bus, path in self.proxy.item_addresses.values()]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def IsStatusNotifierHostRegistered(self) -> "b":
+        return True
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ProtocolVersion(self) -> "i":
+        return 0
+
+    @signal()
+    def StatusNotifierItemRegistered(self, service: str) -> "s":
+        return service
+
+    @signal()
+    def StatusNotifierItemUnregistered(self, service: str) -> "s":
+        return service
+
+    @signal()
+    def StatusNotifierHostRegistered(self):
+        pass
+
+
+class Notifications(ServiceInterface):
+    def __init__(self, proxy: "GuestProxy") -> None:
+        super().__init__("org.freedesktop.Notifications")
+        self.proxy = proxy
+        self.next_id = 1
+
+    @method()
+    def Notify(self, app: "s", replaces: "u", icon: "s", summary: "s", body: "s",
+               actions: "as", hints: "a{sv}", timeout: "i") -> "u":
+        nid = replaces if replaces else self.next_id
+        if not replaces:
+            self.next_id += 1
+        pairs = [(actions[i], actions[i + 1]) for i in range(0, len(actions) - 1, 2)]
+        pairs = [(k, _cut(label, wire.MAX_LABEL)) for k, label in pairs if wire.ID_RE.match(k)]
+        urgency = hints.get("urgency")
+        level = urgency.value if isinstance(urgency, Variant) else 1
+        self.proxy.send_typed(Notify(
+            nid=nid, app=_cut(app, wire.MAX_APP), summary=_cut(summary, wire.MAX_SUMMARY),
+            body=_cut(body, wire.MAX_BODY), actions=tuple(pairs[: wire.MAX_ACTIONS]),
+            urgency=level if level in (0, 1, 2) else 1,
+            timeout_ms=max(-1, min(timeout, wire.MAX_TIMEOUT_MS))))
+        return nid
+
+    @method()
+    def CloseNotification(self, nid: "u"):
+        if nid:
+            self.proxy.send_typed(NotifyClose(nid))
+
+    @method()
+    def GetCapabilities(self) -> "as":
+        return ["actions", "body"]
+
+    @method()
+    def GetServerInformation(self) -> "ssss":
+        return ["vmsilo", "vmsilo", "1", "1.2"]
+
+    @signal()
+    def NotificationClosed(self, nid: int, reason: int) -> "uu":
+        return [nid, reason]
+
+    @signal()
+    def ActionInvoked(self, nid: int, key: str) -> "us":
+        return [nid, key]
+
+
+class GuestProxy:
+    def __init__(self, bus_address: str | None, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.bus_address = bus_address
+        self.reader = reader
+        self.writer = writer
+        self.bus: MessageBus | None = None
+        self.item_addresses: dict[str, tuple[str, str]] = {}  # item id -> (bus name, path)
+        self.owners: dict[str, str] = {}  # unique bus name -> item id
+        self.current_sender = ""
+        self.notifications: Notifications | None = None
+        self._counter = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def send_typed(self, message: wire.FromGuest) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode(wire.to_wire(message)))
+
+    async def run(self) -> None:
+        bus = MessageBus(bus_address=self.bus_address) if self.bus_address else MessageBus()
+        self.bus = await bus.connect()
+        self.notifications = Notifications(self)
+        self.bus.export("/StatusNotifierWatcher", Watcher(self))
+        self.bus.export("/org/freedesktop/Notifications", self.notifications)
+        self.bus.add_message_handler(self._on_message)
+        await self._add_match("type='signal',interface='org.kde.StatusNotifierItem'")
+        await self._add_match("type='signal',interface='com.canonical.dbusmenu',"
+                              "member='LayoutUpdated'")
+        await self._add_match("type='signal',sender='org.freedesktop.DBus',"
+                              "member='NameOwnerChanged'")
+        await self.bus.request_name("org.kde.StatusNotifierWatcher")
+        await self.bus.request_name("org.freedesktop.Notifications")
+        try:
+            while True:
+                try:
+                    header = await self.reader.readexactly(wire.HEADER.size)
+                    body = await self.reader.readexactly(wire.frame_length(header))
+                    message = wire.decode_from_host(wire.parse_frame(body))
+                except (asyncio.IncompleteReadError, wire.ProtocolViolation):
+                    return
+                await self._from_host(message)
+        finally:
+            self.bus.disconnect()
+            self.writer.close()
+
+    async def _add_match(self, rule: str) -> None:
+        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                         "org.freedesktop.DBus", "AddMatch", "s", [rule])
+
+    async def _call(self, destination: str, path: str, interface: str, member: str,
+                    signature: str = "", body: list[Any] | None = None) -> list[Any] | None:
+        assert self.bus is not None
+        reply = await self.bus.call(Message(destination=destination, path=path,
+                                            interface=interface, member=member,
+                                            signature=signature, body=body or []))
+        if reply is None or reply.message_type == MessageType.ERROR:
+            return None
+        return list(reply.body)
+
+    def _on_message(self, msg: Message) -> bool:
+        if msg.message_type == MessageType.METHOD_CALL:
+            self.current_sender = msg.sender or ""
+            return False
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        if msg.member == "NameOwnerChanged" and len(msg.body) == 3 and not msg.body[2]:
+            item = self.owners.pop(msg.body[0], None)
+            if item is not None:
+                self.item_addresses.pop(item, None)
+                self.send_typed(ItemRemove(item))
+        elif msg.interface == ITEM_IFACE and msg.member in ITEM_SIGNALS:
+            item = self.owners.get(msg.sender or "")
+            if item is not None:
+                self.spawn(self._refresh(item, update=True))
+        elif msg.interface == MENU_IFACE and msg.member == "LayoutUpdated":
+            item = self.owners.get(msg.sender or "")
+            if item is not None:
+                self.spawn(self._refresh_menu(item))
+        return False
+
+    async def add_item(self, service: str, sender: str) -> None:
+        # "service" is a bus name (then the path is the standard one) or an object path.
+        if service.startswith("/"):
+            bus_name, path = sender, service
+        else:
+            bus_name, path = service, "/StatusNotifierItem"
+        owner = await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                 "org.freedesktop.DBus", "GetNameOwner", "s", [bus_name])
+        if not owner:
+            return
+        self._counter += 1
+        item = f"item{self._counter}"
+        self.item_addresses[item] = (bus_name, path)
+        self.owners[owner[0]] = item
+        await self._refresh(item, update=False)
+
+    async def _refresh(self, item: str, *, update: bool) -> None:
+        bus_name, path = self.item_addresses[item]
+        reply = await self._call(bus_name, path, PROPS_IFACE, "GetAll", "s", [ITEM_IFACE])
+        if reply is None:
+            return
+        props = item_props(reply[0])
+        self.send_typed(ItemUpdate(item, props) if update else ItemAdd(item, props))
+        if props.has_menu and not update:
+            await self._refresh_menu(item)
+
+    async def _refresh_menu(self, item: str) -> None:
+        bus_name, path = self.item_addresses[item]
+        props = await self._call(bus_name, path, PROPS_IFACE, "Get", "ss", [ITEM_IFACE, "Menu"])
+        if not props:
+            return
+        menu_path = props[0].value
+        layout = await self._call(bus_name, menu_path, MENU_IFACE, "GetLayout", "iias",
+                                  [0, -1, []])
+        if layout is not None:
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                self.send_typed(MenuLayout(item, menu_node(layout[1])))
+
+    async def _from_host(self, message: wire.FromHost) -> None:
+        if message.kind in ("activate", "secondary-activate", "context-menu", "scroll"):
+            address = self.item_addresses.get(message.item)
+            if address is None:
+                return
+            member = {"activate": "Activate", "secondary-activate": "SecondaryActivate",
+                      "context-menu": "ContextMenu", "scroll": "Scroll"}[message.kind]
+            if message.kind == "scroll":
+                await self._call(*address, ITEM_IFACE, member, "is",
+                                 [message.delta, message.orientation])
+            else:
+                await self._call(*address, ITEM_IFACE, member, "ii", [message.x, message.y])
+        elif message.kind == "menu-event":
+            address = self.item_addresses.get(message.item)
+            if address is None:
+                return
+            props = await self._call(*address, PROPS_IFACE, "Get", "ss", [ITEM_IFACE, "Menu"])
+            if props:
+                await self._call(address[0], props[0].value, MENU_IFACE, "Event", "isvu",
+                                 [message.node, message.event, Variant("s", ""), 0])
+        elif message.kind == "action" and self.notifications is not None:
+            self.notifications.ActionInvoked(message.nid, message.key)
+        elif message.kind == "closed" and self.notifications is not None:
+            self.notifications.NotificationClosed(message.nid, message.reason)
