@@ -20,7 +20,9 @@ from pathlib import Path
 
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
+from vmsilo.daemon.dbusproxy import ProxyLauncher
 from vmsilo.daemon.plan import launch_spec
+from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.server import ControlServer
 from vmsilo.daemon.supervisor import Supervisor
 from vmsilo.daemon.vm import Timeouts, VmController
@@ -86,6 +88,7 @@ class Daemon:
             if entry.pw_uid != 0:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
+        self.dbus_proxies = ProxyLauncher(paths, self.owner)
         self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
                                    else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
@@ -136,7 +139,15 @@ class Daemon:
         backend = self.backends.get(rvm.vm.hypervisor, self.backends["qemu"])
         network = self._network_plan if self.paths.mode is Mode.SYSTEM else None
         return VmController(rvm, backend, self._plan, owner=self.owner,
-                            timeouts=self.timeouts, network=network, shares=self.shares)
+                            timeouts=self.timeouts, network=network, shares=self.shares,
+                            on_state=self._on_state)
+
+    async def _on_state(self, vm: VmController) -> None:
+        # The D-Bus proxy follows the VM: up while it runs, down otherwise.
+        if vm.state is Runstate.RUNNING:
+            self.dbus_proxies.start(vm.resolved)
+        elif vm.state in (Runstate.STOPPED, Runstate.FAILED, Runstate.STOPPING):
+            self.dbus_proxies.stop(vm.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         if await _daemon_answers(self.paths.control_socket):
@@ -160,6 +171,7 @@ class Daemon:
         notify_systemd("STOPPING=1")
         await self.server.close()
         await self.supervisor.shutdown()
+        self.dbus_proxies.stop_all()
 
 
 async def _daemon_answers(path: Path) -> bool:

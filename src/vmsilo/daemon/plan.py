@@ -76,6 +76,7 @@ def launch_spec(
     shares: tuple[FsShare, ...] = (),
     guest_shares: tuple[str, ...] = (),
 ) -> LaunchSpec:
+    features = ("vmsilo.dbus=1",) if rvm.vm.dbus.tray or rvm.vm.dbus.notifications else ()
     vm = rvm.vm
     if image_dir is None and (vm.kernel is None or vm.root_disk is None):
         raise ValueError(f"VM {rvm.name}: no image and no kernel/rootDisk override")
@@ -128,6 +129,7 @@ def launch_spec(
         guest_network=guest_network,
         shares=shares,
         guest_shares=guest_shares,
+        guest_features=features,
         use_vsock=use_vsock,
     )
     check_cmdline_length(rvm.name, spec.kernel_cmdline(VMM_PARAMS_ALLOWANCE))

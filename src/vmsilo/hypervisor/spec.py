@@ -114,6 +114,7 @@ class LaunchSpec:
     # virtiofs shares: their tags and vhost-user sockets, and the guest's words for them
     shares: tuple[FsShare, ...] = ()
     guest_shares: tuple[str, ...] = ()
+    guest_features: tuple[str, ...] = ()  # e.g. "vmsilo.dbus=1": the tray/notification proxy
     balloon: bool = True
     use_vsock: bool = False  # vhost-vsock when the host has it, else the virtio-serial mux
     labels: dict[str, str] = field(default_factory=dict)
@@ -138,6 +139,7 @@ class LaunchSpec:
             params.append(f"vmsilo.overlay_size={self.overlay_size}")
         params += self.guest_network or [f"vmsilo.ifname={nic.name},{nic.mac}" for nic in self.nics]
         params += self.guest_shares
+        params += self.guest_features
         params += vmm_params
         params += self.kernel_params
         return " ".join(params)
@@ -167,6 +169,7 @@ def spec_to_json(spec: LaunchSpec) -> dict[str, object]:
         "extra_args": list(spec.extra_args), "guest_network": list(spec.guest_network),
         "shares": [{"tag": s.tag, "socket": str(s.socket)} for s in spec.shares],
         "guest_shares": list(spec.guest_shares),
+        "guest_features": list(spec.guest_features),
         "balloon": spec.balloon,
         "use_vsock": spec.use_vsock, "labels": dict(spec.labels),
     }  # fmt: skip
@@ -199,6 +202,7 @@ def spec_from_json(data: dict[str, Any]) -> LaunchSpec:
         guest_network=tuple(str(w) for w in data.get("guest_network", ())),
         shares=tuple(FsShare(str(s["tag"]), Path(s["socket"])) for s in data.get("shares", ())),
         guest_shares=tuple(str(w) for w in data.get("guest_shares", ())),
+        guest_features=tuple(str(w) for w in data.get("guest_features", ())),
         balloon=bool(data["balloon"]),
         use_vsock=bool(data["use_vsock"]), labels=dict(data["labels"]),
     )  # fmt: skip

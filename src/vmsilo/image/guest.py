@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmsilo.image.spec import GuestFile, ImageSpec, agent_files
+from vmsilo.image.spec import GuestFile, ImageSpec, agent_files, library_files
 
 # The smallest complete systemd system vmsilo needs, besides the VM's guestPrograms.
 BASE_PACKAGES = (
@@ -20,6 +20,7 @@ BASE_PACKAGES = (
     "systemd-sysv",
     "udev",
     "dbus",
+    "dbus-user-session",
     "python3",
     "busybox-static",
     "kmod",
@@ -108,6 +109,49 @@ ExecStart=/usr/bin/python3 -m vmsilo.agent.shares
 WantedBy=sysinit.target
 """
 
+# The guest user's systemd and session bus, for tray items and notifications (started before the
+# agent, so that programs it runs find the bus), and the proxy's guest half on port 5001.
+USER_SESSION_UNIT = """\
+[Unit]
+Description=vmsilo: the guest user's session bus (tray and notifications)
+ConditionKernelCommandLine=vmsilo.dbus
+After=vmsilo-shares.service systemd-user-sessions.service systemd-logind.service
+Before=vmsilo-agent.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'exec systemctl start user@$(id -u user).service'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+DBUS_PROXY_SOCKET = """\
+[Unit]
+Description=vmsilo D-Bus proxy port (5001)
+ConditionKernelCommandLine=vmsilo.dbus
+
+[Socket]
+ListenStream=/run/vmsilo/ports/5001.sock
+SocketMode=0600
+DirectoryMode=0755
+
+[Install]
+WantedBy=sockets.target
+"""
+
+DBUS_PROXY_SERVICE = """\
+[Unit]
+Description=vmsilo D-Bus proxy (guest half)
+After=vmsilo-user-session.service
+
+[Service]
+User=user
+ExecStart=/usr/bin/python3 -m vmsilo.dbusproxy.guest_main
+Restart=on-failure
+"""
+
 # networkd is enabled in every image but runs only in VMs that have interfaces.
 NETWORKD_DROPIN = """\
 [Unit]
@@ -142,6 +186,7 @@ HOSTS = """\
 """
 
 AGENT_DEST = "/usr/lib/python3/dist-packages/vmsilo"
+LIBRARY_DEST = "/usr/lib/python3/dist-packages"
 CONFIGURE_SCRIPT = "/var/lib/vmsilo-build/configure.sh"
 
 # Docs, manuals and translations are dead weight in a VM image.
@@ -177,9 +222,10 @@ def configure_script(spec: ImageSpec) -> str:
         "useradd --uid 1000 --gid 1000 --home-dir /home/user --create-home --shell /bin/bash user",
         "ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime",
         "echo Etc/UTC > /etc/timezone",
-        f"python3 -m compileall -q {AGENT_DEST}",
+        f"python3 -m compileall -q {AGENT_DEST} {LIBRARY_DEST}/dbus_next",
         "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service "
-        "vmsilo-network.service vmsilo-shares.service systemd-networkd.service",
+        "vmsilo-network.service vmsilo-shares.service systemd-networkd.service "
+        "vmsilo-user-session.service vmsilo-dbus-proxy.socket",
         "systemctl mask " + " ".join(MASKED_UNITS),
     ]
     if spec.enable_units:
@@ -202,6 +248,12 @@ def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[Stag
         StagedFile("/etc/systemd/system/vmsilo-agent.service", AGENT_UNIT.encode(), 0o644),
         StagedFile("/etc/systemd/system/vmsilo-network.service", NETWORK_UNIT.encode(), 0o644),
         StagedFile("/etc/systemd/system/vmsilo-shares.service", SHARES_UNIT.encode(), 0o644),
+        StagedFile("/etc/systemd/system/vmsilo-user-session.service", USER_SESSION_UNIT.encode(),
+                   0o644),
+        StagedFile("/etc/systemd/system/vmsilo-dbus-proxy.socket", DBUS_PROXY_SOCKET.encode(),
+                   0o644),
+        StagedFile("/etc/systemd/system/vmsilo-dbus-proxy.service",
+                   DBUS_PROXY_SERVICE.encode(), 0o644),
         StagedFile(
             "/etc/systemd/system/systemd-networkd.service.d/vmsilo.conf",
             NETWORKD_DROPIN.encode(),
@@ -227,6 +279,9 @@ def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[Stag
     for path in agent_files(root):
         rel = path.relative_to(root)
         files.append(StagedFile(f"{AGENT_DEST}/{rel}", path.read_bytes(), 0o644))
+    for name, lib_root, path in library_files():
+        rel = path.relative_to(lib_root)
+        files.append(StagedFile(f"{LIBRARY_DEST}/{name}/{rel}", path.read_bytes(), 0o644))
     files.extend(_user_file(f) for f in spec.files)
     return files
 

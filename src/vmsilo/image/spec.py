@@ -27,7 +27,10 @@ DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # The guest side of vmsilo: copied into every image, and hashed into its digest.
-AGENT_PARTS: tuple[str, ...] = ("__init__.py", "agent", "protocol", "channel")
+AGENT_PARTS: tuple[str, ...] = ("__init__.py", "agent", "protocol", "channel", "dbusproxy")
+# Pure-Python libraries the guest's vmsilo code needs and Debian 12 does not package:
+# copied into the image from this installation (and part of the agent digest).
+GUEST_LIBRARIES: tuple[str, ...] = ("dbus_next",)
 
 # Debian package names (policy 5.6.1), optionally with an architecture qualifier.
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?$")
@@ -137,12 +140,30 @@ def default_package_root() -> Path:
     return Path(vmsilo.__file__).parent
 
 
+def library_files() -> list[tuple[str, Path, Path]]:
+    """(library, its root, file) for every file of ``GUEST_LIBRARIES``."""
+    import importlib
+
+    found = []
+    for name in GUEST_LIBRARIES:
+        root = Path(importlib.import_module(name).__file__ or "").parent
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix == ".py":
+                found.append((name, root, path))
+    return found
+
+
 def agent_digest(package_root: Path | None = None) -> str:
-    """Hash of the agent's files (names and contents): an agent change gives a new image."""
+    """Hash of the agent's files (names and contents) and the guest libraries': a change of
+    either gives a new image."""
     root = package_root or default_package_root()
     digest = hashlib.sha256()
     for path in _agent_files(root):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    for name, lib_root, path in library_files():
+        digest.update(f"{name}/{path.relative_to(lib_root)}".encode() + b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
