@@ -59,6 +59,10 @@ def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -
     runtime_dir = f"/run/user/{account.uid}"
     if os.path.isdir(runtime_dir):
         env["XDG_RUNTIME_DIR"] = runtime_dir
+        # The user's session bus (vmsilo-user-session.service starts it in VMs with the D-Bus
+        # proxy): programs find the tray watcher and the notification server there.
+        if os.path.exists(f"{runtime_dir}/bus"):
+            env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={runtime_dir}/bus"
     if tty:
         env["TERM"] = "xterm-256color"
     env.update(caller_env)

@@ -3,7 +3,9 @@ is running, one host half (``vmsilo.dbusproxy.host_main``) runs for it as the de
 that user's session bus; it is stopped when the VM stops. Without a session bus for the user
 (no desktop session, e.g. a server), nothing is forwarded and vmsilod says so once.
 
-``VMSILO_HOST_SESSION_BUS`` names the bus explicitly (tests use a private one).
+``VMSILO_HOST_SESSION_BUS`` names the bus explicitly (tests use a private one), and
+``VMSILO_HELPER_PYTHON`` the interpreter the host half runs with (default: vmsilod's own; the
+tests' lives where the desktop user cannot reach it).
 """
 
 import contextlib
@@ -52,7 +54,8 @@ class ProxyLauncher:
                 self._warned = True
             return
         r, g, b = rvm.vm.colour_rgb
-        argv = [sys.executable, "-m", MODULE, "--vm", rvm.name, "--colour", f"{r},{g},{b}",
+        python = os.environ.get("VMSILO_HELPER_PYTHON", sys.executable)
+        argv = [python, "-m", MODULE, "--vm", rvm.name, "--colour", f"{r},{g},{b}",
                 "--bus", address]
         argv += [] if dbus.tray else ["--no-tray"]
         argv += [] if dbus.notifications else ["--no-notifications"]

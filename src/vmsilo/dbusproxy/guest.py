@@ -188,14 +188,24 @@ class Notifications(ServiceInterface):
 
 
 class GuestProxy:
-    def __init__(self, bus_address: str | None, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    """Owns the watcher and notification names on the guest bus from ``start`` on, whether or
+    not the host half is connected; ``serve`` carries one host connection at a time. What
+    happens while no host is connected is kept (a bounded backlog of notifications; tray items
+    are re-announced to each new connection)."""
+
+    BACKLOG = 64
+
+    def __init__(self, bus_address: str | None, reader: asyncio.StreamReader | None = None,
+                 writer: asyncio.StreamWriter | None = None) -> None:
         self.bus_address = bus_address
         self.reader = reader
         self.writer = writer
         self.bus: MessageBus | None = None
         self.item_addresses: dict[str, tuple[str, str]] = {}  # item id -> (bus name, path)
         self.owners: dict[str, str] = {}  # unique bus name -> item id
+        self.item_state: dict[str, ItemProps] = {}
+        self.menus: dict[str, MenuNode] = {}
+        self.backlog: list[wire.FromGuest] = []
         self.current_sender = ""
         self.notifications: Notifications | None = None
         self._counter = 0
@@ -208,10 +218,19 @@ class GuestProxy:
         task.add_done_callback(self._tasks.discard)
 
     def send_typed(self, message: wire.FromGuest) -> None:
-        if not self.writer.is_closing():
+        if isinstance(message, ItemAdd | ItemUpdate):
+            self.item_state[message.item] = message.props
+        elif isinstance(message, ItemRemove):
+            self.item_state.pop(message.item, None)
+            self.menus.pop(message.item, None)
+        elif isinstance(message, MenuLayout):
+            self.menus[message.item] = message.root
+        if self.writer is not None and not self.writer.is_closing():
             self.writer.write(wire.encode(wire.to_wire(message)))
+        elif isinstance(message, Notify | NotifyClose) and len(self.backlog) < self.BACKLOG:
+            self.backlog.append(message)
 
-    async def run(self) -> None:
+    async def start(self) -> None:
         bus = MessageBus(bus_address=self.bus_address) if self.bus_address else MessageBus()
         self.bus = await bus.connect()
         self.notifications = Notifications(self)
@@ -225,18 +244,43 @@ class GuestProxy:
                               "member='NameOwnerChanged'")
         await self.bus.request_name("org.kde.StatusNotifierWatcher")
         await self.bus.request_name("org.freedesktop.Notifications")
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Carry one host connection until it closes."""
+        if self.writer is not None and self.writer is not writer:
+            self.writer.close()  # a new host connection replaces the old one
+        self.reader, self.writer = reader, writer
+        for item, props in self.item_state.items():  # the new host learns the current state
+            writer.write(wire.encode(wire.to_wire(ItemAdd(item, props))))
+            if item in self.menus:
+                writer.write(wire.encode(wire.to_wire(MenuLayout(item, self.menus[item]))))
+        for pending in self.backlog:
+            writer.write(wire.encode(wire.to_wire(pending)))
+        self.backlog.clear()
         try:
             while True:
                 try:
-                    header = await self.reader.readexactly(wire.HEADER.size)
-                    body = await self.reader.readexactly(wire.frame_length(header))
+                    header = await reader.readexactly(wire.HEADER.size)
+                    body = await reader.readexactly(wire.frame_length(header))
                     message = wire.decode_from_host(wire.parse_frame(body))
-                except (asyncio.IncompleteReadError, wire.ProtocolViolation):
+                except (asyncio.IncompleteReadError, wire.ProtocolViolation, OSError):
                     return
                 await self._from_host(message)
         finally:
-            self.bus.disconnect()
-            self.writer.close()
+            if self.writer is writer:
+                self.reader, self.writer = None, None
+            writer.close()
+
+    async def run(self) -> None:
+        """Start and serve the connection given at construction (tests, benchmarks)."""
+        await self.start()
+        assert self.reader is not None and self.writer is not None
+        reader, writer = self.reader, self.writer
+        try:
+            await self.serve(reader, writer)
+        finally:
+            if self.bus is not None:
+                self.bus.disconnect()
 
     async def _add_match(self, rule: str) -> None:
         await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",

@@ -21,10 +21,26 @@ BUS_WAIT_SECONDS = 60.0
 log = logging.getLogger("vmsilo-dbus-proxy-guest")
 
 
+def notify_ready() -> None:
+    """Tell systemd (Type=notify) that the names are owned: the agent, ordered after this
+    service, then runs programs that find the notification server and the tray watcher."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)
+
+
 async def serve(listener: socket.socket, bus_address: str) -> None:
+    proxy = GuestProxy(bus_address)
+    await proxy.start()
+    notify_ready()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await GuestProxy(bus_address, reader, writer).run()
+            await proxy.serve(reader, writer)
         except Exception:  # one broken session must not end the service
             log.exception("D-Bus proxy session failed")
 

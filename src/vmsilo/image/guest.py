@@ -141,15 +141,24 @@ DirectoryMode=0755
 WantedBy=sockets.target
 """
 
+# Started at boot (not on the host's first connection) and ready once it owns the names, so
+# that the first program vm-run starts already finds them.
 DBUS_PROXY_SERVICE = """\
 [Unit]
 Description=vmsilo D-Bus proxy (guest half)
+ConditionKernelCommandLine=vmsilo.dbus
 After=vmsilo-user-session.service
+Before=vmsilo-agent.service
 
 [Service]
+Type=notify
+NotifyAccess=main
 User=user
 ExecStart=/usr/bin/python3 -m vmsilo.dbusproxy.guest_main
 Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
 """
 
 # networkd is enabled in every image but runs only in VMs that have interfaces.
@@ -225,7 +234,7 @@ def configure_script(spec: ImageSpec) -> str:
         f"python3 -m compileall -q {AGENT_DEST} {LIBRARY_DEST}/dbus_next",
         "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service "
         "vmsilo-network.service vmsilo-shares.service systemd-networkd.service "
-        "vmsilo-user-session.service vmsilo-dbus-proxy.socket",
+        "vmsilo-user-session.service vmsilo-dbus-proxy.socket vmsilo-dbus-proxy.service",
         "systemctl mask " + " ".join(MASKED_UNITS),
     ]
     if spec.enable_units:

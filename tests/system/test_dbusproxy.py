@@ -1,0 +1,114 @@
+"""Tray and notification forwarding end to end: a program in a real VM sends a notification
+on the guest user's session bus; it appears on the desktop user's (here a private bus run as
+`nobody`, the configured user) marked with the VM's name, and the action the desktop invokes
+reaches the program in the guest."""
+
+import json
+import os
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import RunningDaemon
+
+NOBODY = 65534
+SUPPORT = Path(__file__).parents[1] / "support"
+# The suite's own interpreter may live where `nobody` cannot reach it (see test_user_mode).
+SYSTEM_PYTHON = "/usr/bin/python3"
+SRC = Path(__file__).resolve().parents[2] / "src"
+AS_NOBODY_ENV = {"PYTHONPATH": f"{SRC}:{sysconfig.get_paths()['purelib']}"}
+
+CONFIG = """
+enable = true
+user = "nobody"
+
+[vms.chatty]
+memory = 768
+cpus = 1
+sharedHome = false
+gpu = false
+sound.playback = false
+rootOverlay.type = "tmpfs"
+"""
+
+# In the guest: send a notification with an action, wait for the action to come back.
+GUEST_APP = """
+import asyncio
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.message import Message
+
+async def main():
+    bus = await MessageBus().connect()
+    got = asyncio.get_running_loop().create_future()
+    def on(msg):
+        if msg.member == "ActionInvoked" and not got.done():
+            got.set_result(msg.body)
+    bus.add_message_handler(on)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+        body=["type='signal',member='ActionInvoked'"]))
+    reply = await bus.call(Message(destination="org.freedesktop.Notifications",
+        path="/org/freedesktop/Notifications", interface="org.freedesktop.Notifications",
+        member="Notify", signature="susssasa{sv}i",
+        body=["mailer", 0, "", "You have mail", "from <i>Bob</i>", ["open", "Open"], {}, -1]))
+    print("id", reply.body[0], flush=True)
+    print("action", *(await asyncio.wait_for(got, 60)), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
+    daemon = RunningDaemon(CONFIG)
+    bus_dir = daemon.root / "desktop"
+    bus_dir.mkdir()
+    os.chmod(bus_dir, 0o777)
+    address = f"unix:path={bus_dir}/bus"
+    as_nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                            f"--address={address}"], stdout=subprocess.DEVNULL, **as_nobody)
+    received = bus_dir / "notifications.jsonl"
+    server = None
+    try:
+        for _ in range(200):
+            if (bus_dir / "bus").exists():
+                break
+            time.sleep(0.05)
+        server = subprocess.Popen([SYSTEM_PYTHON, str(SUPPORT / "notification_server.py"),
+                                   address, str(received)], stdout=subprocess.PIPE,
+                                  cwd="/", env={**os.environ, **AS_NOBODY_ENV}, **as_nobody)
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        daemon.extra_env.update({"VMSILO_HOST_SESSION_BUS": address,
+                                 "VMSILO_HELPER_PYTHON": SYSTEM_PYTHON, **AS_NOBODY_ENV})
+        daemon.start()
+        yield daemon, received
+    finally:
+        daemon.stop()
+        for process in (server, bus):
+            if process is not None:
+                process.kill()
+                process.wait()
+
+
+def test_a_guest_notification_reaches_the_desktop_and_its_action_comes_back(
+    desktop: tuple[RunningDaemon, Path],
+) -> None:
+    daemon, received = desktop
+    result = daemon.cli("vm-run", "chatty", "python3", "-c", GUEST_APP, timeout=240)
+    out = result.stdout.decode()
+    log = (daemon.root / "state" / "logs" / "chatty" / "dbus-proxy.log")
+    assert result.returncode == 0, (out + result.stderr.decode()
+                                    + (log.read_text() if log.exists() else "no proxy log"))
+    lines = out.splitlines()
+    guest_id = lines[0].split()[1]
+    assert lines[1] == f"action {guest_id} open"
+    (notification,) = [json.loads(line) for line in received.read_text().splitlines()]
+    assert notification["app"] == "[chatty] mailer"
+    assert notification["summary"] == "[chatty] You have mail"
+    assert notification["body"] == "from &lt;i&gt;Bob&lt;/i&gt;"
+    assert notification["actions"] == ["open", "Open"]
