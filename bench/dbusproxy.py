@@ -101,6 +101,10 @@ async def run() -> tuple[list[float], list[float]]:
                 proxied.append(COUNT / (time.perf_counter() - start))
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for bus in (direct_client, guest_client, host_bus):
+                bus.disconnect()
+            await asyncio.sleep(0.1)
             return proxied, direct
         finally:
             guest_daemon.terminate()

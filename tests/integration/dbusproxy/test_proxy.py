@@ -99,6 +99,7 @@ class GuestItem(ServiceInterface):
     def __init__(self) -> None:
         super().__init__("org.kde.StatusNotifierItem")
         self.activated: list[tuple[int, int]] = []
+        self.scrolled: list[tuple[int, str]] = []
         self.got = asyncio.Event()
 
     @dbus_property(access=PropertyAccess.READ)
@@ -124,6 +125,11 @@ class GuestItem(ServiceInterface):
     @method()
     def Activate(self, x: "i", y: "i"):
         self.activated.append((x, y))
+        self.got.set()
+
+    @method()
+    def Scroll(self, delta: "i", orientation: "s"):
+        self.scrolled.append((delta, orientation))
         self.got.set()
 
 
@@ -250,6 +256,11 @@ async def test_a_tray_item_appears_on_the_host_marked_and_activation_reaches_it(
                "Activate", "ii", [3, 4])
     await asyncio.wait_for(item.got.wait(), 10)
     assert item.activated == [(3, 4)]
+    item.got.clear()
+    await call(host_bus, name, "/StatusNotifierItem", "org.kde.StatusNotifierItem",
+               "Scroll", "is", [-120, "Horizontal"])
+    await asyncio.wait_for(item.got.wait(), 10)
+    assert item.scrolled == [(-120, "horizontal")]
 
     # The menu is mirrored, and a click on the host reaches the guest's menu.
     for _ in range(200):
@@ -264,6 +275,35 @@ async def test_a_tray_item_appears_on_the_host_marked_and_activation_reaches_it(
                [7, "clicked", Variant("s", ""), 0])
     await asyncio.wait_for(menu.got.wait(), 10)
     assert menu.clicked == [7]
+
+
+async def test_a_notification_closed_on_the_host_is_reported_to_the_program(
+    proxy: dict[str, Any],
+) -> None:
+    app_bus: MessageBus = proxy["app_bus"]
+    closed: list[list[Any]] = []
+    got = asyncio.Event()
+
+    def on_signal(msg: Message) -> bool:
+        if msg.member == "NotificationClosed":
+            closed.append(list(msg.body))
+            got.set()
+        return False
+
+    app_bus.add_message_handler(on_signal)
+    await call(app_bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+               "org.freedesktop.DBus", "AddMatch", "s",
+               ["type='signal',member='NotificationClosed'"])
+    (nid,) = await call(app_bus, "org.freedesktop.Notifications",
+                        "/org/freedesktop/Notifications", "org.freedesktop.Notifications",
+                        "Notify", "susssasa{sv}i", ["a", 0, "", "s", "b", [], {}, -1])
+    server: NotificationServer = proxy["server"]
+    await asyncio.wait_for(server.got.wait(), 10)
+    # The program closes it: the host's server is asked to, and says it was closed (reason 3).
+    await call(app_bus, "org.freedesktop.Notifications", "/org/freedesktop/Notifications",
+               "org.freedesktop.Notifications", "CloseNotification", "u", [nid])
+    await asyncio.wait_for(got.wait(), 10)
+    assert closed == [[nid, 3]]
 
 
 BAD_FRAMES = [
