@@ -20,6 +20,7 @@ declare -A PACKAGES=(
   [dbus]=/usr/bin/dbus-daemon
   [bubblewrap]=/usr/bin/bwrap
   [cpio]=/usr/bin/cpio
+  [desktop-file-utils]=/usr/bin/desktop-file-validate
 )
 
 missing=()

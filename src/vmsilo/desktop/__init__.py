@@ -1,0 +1,1 @@
+"""Desktop integration: guest applications in the host menu, marked with their VM."""
