@@ -19,6 +19,7 @@ GROUPS: dict[str, str] = {
     "daemon": "vmsilo.cli.daemon_cmd",
     "net": "vmsilo.cli.net_cmd",
     "balloon": "vmsilo.cli.balloon_cmd",
+    "desktop": "vmsilo.cli.desktop_cmd",
 }
 
 

@@ -1,0 +1,124 @@
+"""Writing the host menu for the configured user: one desktop entry per guest application of
+each VM (from the entries its image manifest collected at build time), a menu folder per VM
+(an XDG menu merge file and a directory entry), and removal of everything vmsilo wrote before
+that is no longer wanted (VMs gone from the config, applications gone from an image).
+
+Every file vmsilo owns is named ``vmsilo-…`` so that removal never touches anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from vmsilo.desktop.entry import EntryRejected, parse, render
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vmsilo-"
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class Targets:
+    applications: Path  # $XDG_DATA_HOME/applications
+    directories: Path  # $XDG_DATA_HOME/desktop-directories
+    menus: Path  # $XDG_CONFIG_HOME/menus/applications-merged
+
+    @classmethod
+    def for_home(cls, home: Path) -> Targets:
+        data = home / ".local" / "share"
+        return cls(data / "applications", data / "desktop-directories",
+                   home / ".config" / "menus" / "applications-merged")
+
+
+@dataclass
+class Report:
+    written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # "<vm>: <file>: <reason>"
+
+
+def category(vm: str) -> str:
+    return f"X-vmsilo-{_SAFE.sub('_', vm)}"
+
+
+def entry_name(vm: str, file_id: str) -> str:
+    stem = file_id.removesuffix(".desktop")
+    return f"{PREFIX}{_SAFE.sub('_', vm)}-{_SAFE.sub('_', stem)}.desktop"
+
+
+def menu_file(vm: str) -> str:
+    name = f"{PREFIX}{vm}"
+    return f"""<!DOCTYPE Menu PUBLIC "-//freedesktop//DTD Menu 1.0//EN"
+ "http://www.freedesktop.org/standards/menu-spec/1.0/menu.dtd">
+<Menu>
+  <Name>Applications</Name>
+  <Menu>
+    <Name>{escape(name)}</Name>
+    <Directory>{escape(name)}.directory</Directory>
+    <Include>
+      <Category>{escape(category(vm))}</Category>
+    </Include>
+  </Menu>
+</Menu>
+"""
+
+
+def directory_file(vm: str) -> str:
+    return f"[Desktop Entry]\nType=Directory\nName={vm}\nComment=Applications of the VM {vm}\n"
+
+
+def _write(path: Path, text: str, owner: tuple[int, int] | None, report: Report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(path.parent, *owner)
+    if path.exists() and path.read_text(errors="replace") == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    tmp.replace(path)
+    report.written.append(path)
+
+
+def install(
+    entries_by_vm: dict[str, list[dict[str, Any]]],
+    targets: Targets,
+    owner: tuple[int, int] | None = None,
+) -> Report:
+    """``entries_by_vm``: each configured VM's manifest ``desktopEntries`` (``[]`` for a VM
+    whose image is not built yet: its folder is kept, empty)."""
+    report = Report()
+    wanted: set[Path] = set()
+    for vm, entries in sorted(entries_by_vm.items()):
+        for raw in entries:
+            file_id = str(raw.get("file", ""))
+            try:
+                entry = parse(file_id, str(raw.get("text", "")).encode())
+            except EntryRejected as exc:
+                report.rejected.append(f"{vm}: {file_id}: {exc}")
+                log.info("VM %s: desktop entry %s left out: %s", vm, file_id, exc)
+                continue
+            path = targets.applications / entry_name(vm, file_id)
+            _write(path, render(entry, vm, None, category(vm)), owner, report)
+            wanted.add(path)
+        menu = targets.menus / f"{PREFIX}{vm}.menu"
+        directory = targets.directories / f"{PREFIX}{vm}.directory"
+        _write(menu, menu_file(vm), owner, report)
+        _write(directory, directory_file(vm), owner, report)
+        wanted |= {menu, directory}
+    for folder in (targets.applications, targets.menus, targets.directories):
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(f"{PREFIX}*"):
+            if path not in wanted and path.is_file():
+                path.unlink()
+                report.removed.append(path)
+    return report
