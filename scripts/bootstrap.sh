@@ -54,3 +54,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+# Bash completion for the commands (VM names from the config): system-wide as root, else for
+# this user (bash-completion looks there for a command's completion when it is first used).
+completion="$(pwd)/contrib/bash-completion/vmsilo"
+if [ "$(id -u)" = 0 ]; then
+  if [ -d /etc/bash_completion.d ] && ! cmp -s "$completion" /etc/bash_completion.d/vmsilo; then
+    cp "$completion" /etc/bash_completion.d/vmsilo
+  fi
+else
+  dir="${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion/completions"
+  mkdir -p "$dir"
+  for command in vmsilo vm-run vm-start vm-stop vm-shell vsock-connect; do
+    ln -sf "$completion" "$dir/$command"
+  done
+fi
