@@ -36,3 +36,22 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise ValueError(f"unknown colour {text!r}; {COLOUR_HELP}") from None
     return (rgb.red, rgb.green, rgb.blue)
+
+
+def relative_luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour, 0 (black) to 1 (white)."""
+
+    def linear(channel: int) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with ``background`` (for a VM-coloured title
+    bar or label)."""
+    luminance = relative_luminance(background)
+    # Contrast ratios (L1 + 0.05) / (L2 + 0.05) against white (1.0) and black (0.0).
+    return (0, 0, 0) if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else (255, 255, 255)
