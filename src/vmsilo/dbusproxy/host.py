@@ -54,6 +54,7 @@ NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 ITEM_PATH = "/StatusNotifierItem"
 MENU_PATH = "/MenuBar"
 PLACEHOLDER_SIDE = 22
+EARLY_SIGNALS = 64
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -304,6 +305,7 @@ class HostProxy:
     items: dict[str, _Item] = field(default_factory=dict)
     host_ids: dict[int, int] = field(default_factory=dict)  # guest notification id -> host id
     guest_ids: dict[int, int] = field(default_factory=dict)
+    early: dict[int, list[Any]] = field(default_factory=dict)  # signals before their id
     _bus: MessageBus | None = None
     _counter: int = 0
     violation: str | None = None
@@ -429,6 +431,8 @@ class HostProxy:
             return
         self.host_ids[message.nid] = host_id
         self.guest_ids[host_id] = message.nid
+        for early in self.early.pop(host_id, []):
+            self._forward_signal(early, host_id, message.nid)
 
     async def _close_notification(self, nid: int) -> None:
         host_id = self.host_ids.get(nid)
@@ -445,7 +449,15 @@ class HostProxy:
         host_id = msg.body[0]
         nid = self.guest_ids.get(host_id)
         if nid is None:
+            # The server may signal before our Notify call's reply has been handled: keep a
+            # few such signals until the id is known (see _notify).
+            if isinstance(host_id, int) and len(self.early) < EARLY_SIGNALS:
+                self.early.setdefault(host_id, []).append(msg)
             return False
+        self._forward_signal(msg, host_id, nid)
+        return False
+
+    def _forward_signal(self, msg: Any, host_id: int, nid: int) -> None:
         if msg.member == "ActionInvoked" and len(msg.body) == 2:
             key = str(msg.body[1])
             if wire.ID_RE.match(key):
@@ -454,4 +466,3 @@ class HostProxy:
             self.send(wire.closed(nid, int(msg.body[1]) if 1 <= int(msg.body[1]) <= 4 else 4))
             self.guest_ids.pop(host_id, None)
             self.host_ids.pop(nid, None)
-        return False

@@ -348,3 +348,29 @@ async def test_a_flood_disconnects_the_vm(buses: tuple[str, str]) -> None:
     await asyncio.wait_for(task, 10)
     assert "rate limit" in str(host.violation)
     os.close(b.detach())
+
+
+async def test_an_action_signalled_before_the_notify_reply_is_not_lost(
+    buses: tuple[str, str],
+) -> None:
+    # The desktop's server may signal an action before the host half has handled the reply to
+    # its Notify call; the signal is kept until the id is known, then forwarded.
+    _guest_address, host_address = buses
+    a, b = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=a)
+    guest_reader, _guest_writer = await asyncio.open_unix_connection(sock=b)
+    host = HostProxy(VM, COLOUR, host_address, reader, writer)
+
+    async def reply_42(*_args: Any) -> list[Any]:
+        return [42]
+
+    host._call = reply_42  # type: ignore[method-assign]
+    early = Message.new_signal("/org/freedesktop/Notifications",
+                               "org.freedesktop.Notifications", "ActionInvoked", "us",
+                               [42, "open"])
+    host._on_host_signal(early)
+    await host._notify(wire.Notify(7, "a", "s", "b", (("open", "Open"),)))
+    header = await asyncio.wait_for(guest_reader.readexactly(4), 5)
+    body = await guest_reader.readexactly(wire.frame_length(header))
+    assert wire.decode_from_host(wire.parse_frame(body)).kind == "action"
+    writer.close()
