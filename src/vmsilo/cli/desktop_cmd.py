@@ -16,7 +16,8 @@ from rich.table import Table
 from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
 from vmsilo.config import load_config, resolve
-from vmsilo.desktop.install import Targets, install
+from vmsilo.config.model import VmsiloConfig
+from vmsilo.desktop.install import Report, Targets, install
 from vmsilo.host.paths import Paths
 from vmsilo.image.manifest import MANIFEST
 from vmsilo.image.spec import agent_digest, spec_for_vm
@@ -43,25 +44,45 @@ def _entries(image_dir: Path) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict)]
 
 
-def run_install(args: argparse.Namespace) -> int:
-    config = load_config(args.config).config
+def refresh(config: VmsiloConfig, home: Path | None = None) -> tuple[Path, Report,
+                                                                     dict[str, list[Any]]]:
+    """Write the menu for every VM of ``config`` (see module docstring)."""
     resolved = resolve(config)
     paths = Paths.for_mode()
     digest = agent_digest()
     entries_by_vm = {}
+    icon_dirs = {}
     for name, rvm in resolved.vms.items():
         spec = spec_for_vm(name, rvm.vm, suite=config.image.suite, mirror=config.image.mirror,
                            agent=digest)
         entries_by_vm[name] = _entries(paths.image(spec.digest()))
+        icon_dirs[name] = paths.image(spec.digest()) / "icons"
     owner = None
-    home = args.home
     if home is None:
         if os.geteuid() == 0:
             entry = pwd.getpwnam(config.user)
             home, owner = Path(entry.pw_dir), (entry.pw_uid, entry.pw_gid)
         else:
             home = Path.home()
-    report = install(entries_by_vm, Targets.for_home(home), owner)
+    if not home.is_dir():  # never create a home (e.g. /nonexistent of a system account)
+        raise FileNotFoundError(f"{home} is not a directory")
+    return home, install(entries_by_vm, Targets.for_home(home), owner, icon_dirs), entries_by_vm
+
+
+def refresh_quietly(config: VmsiloConfig) -> str:
+    """``refresh`` for callers whose own work must not fail on the menu (image build,
+    vmsilod): a one-line outcome."""
+    try:
+        home, report, _ = refresh(config)
+    except (OSError, KeyError) as exc:
+        return f"menu not refreshed: {exc}"
+    return (f"menu refreshed in {home}: {len(report.written)} files written, "
+            f"{len(report.removed)} removed")
+
+
+def run_install(args: argparse.Namespace) -> int:
+    config = load_config(args.config).config
+    home, report, entries_by_vm = refresh(config, args.home)
     console = output_console()
     table = Table(title=f"Menu entries in {home}")
     for column in ("VM", "applications", "left out"):

@@ -83,6 +83,10 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"{label}: image {digest} is up to date ({result.path})")
         else:
             print(f"{label}: built image {digest} in {result.seconds:.0f} s ({result.path})")
+    # The images' applications belong in the desktop menu.
+    from vmsilo.cli.desktop_cmd import refresh_quietly
+
+    print(refresh_quietly(config))
     return 0
 
 

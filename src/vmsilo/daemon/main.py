@@ -18,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
+from vmsilo.cli.desktop_cmd import refresh_quietly
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
 from vmsilo.daemon.dbusproxy import ProxyLauncher
@@ -100,7 +101,14 @@ class Daemon:
         loaded = load_config(self.config_path)
         self.config = loaded.config
         self.resolved = resolve(loaded.config)
+        self._refresh_menu()
         return self.resolved
+
+    def _refresh_menu(self) -> None:
+        """The desktop menu follows the config and the built images (system mode only: a
+        user-mode vmsilod's user runs ``vmsilo desktop install`` as they like)."""
+        if self.paths.mode is Mode.SYSTEM:
+            log.info("%s", refresh_quietly(self.config))
 
     def _plan(self, rvm: ResolvedVm) -> LaunchSpec:
         vm = rvm.vm
@@ -164,6 +172,7 @@ class Daemon:
         log.info("listening on %s (%s mode)", self.paths.control_socket, self.paths.mode.value)
         balloond.ensure_running(self.paths, self.config_path,
                                 list(self.config.vmsilo_balloond.extra_args))
+        self._refresh_menu()
         notify_systemd("READY=1")
         autostart = asyncio.create_task(self.supervisor.autostart())
         await stop.wait()

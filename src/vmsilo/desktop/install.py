@@ -29,12 +29,14 @@ class Targets:
     applications: Path  # $XDG_DATA_HOME/applications
     directories: Path  # $XDG_DATA_HOME/desktop-directories
     menus: Path  # $XDG_CONFIG_HOME/menus/applications-merged
+    icons: Path  # $XDG_DATA_HOME/vmsilo/icons: entries name their icon by absolute path
 
     @classmethod
     def for_home(cls, home: Path) -> Targets:
         data = home / ".local" / "share"
         return cls(data / "applications", data / "desktop-directories",
-                   home / ".config" / "menus" / "applications-merged")
+                   home / ".config" / "menus" / "applications-merged",
+                   data / "vmsilo" / "icons")
 
 
 @dataclass
@@ -88,13 +90,30 @@ def _write(path: Path, text: str, owner: tuple[int, int] | None, report: Report)
     report.written.append(path)
 
 
+def _copy_icon(source: Path, target: Path, owner: tuple[int, int] | None,
+               report: Report) -> bool:
+    try:
+        data = source.read_bytes()
+    except OSError:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() and target.read_bytes() == data):
+        target.write_bytes(data)
+        report.written.append(target)
+    if owner is not None:
+        os.chown(target, *owner)
+    return True
+
+
 def install(
     entries_by_vm: dict[str, list[dict[str, Any]]],
     targets: Targets,
     owner: tuple[int, int] | None = None,
+    icon_dirs: dict[str, Path] | None = None,
 ) -> Report:
     """``entries_by_vm``: each configured VM's manifest ``desktopEntries`` (``[]`` for a VM
-    whose image is not built yet: its folder is kept, empty)."""
+    whose image is not built yet: its folder is kept, empty); ``icon_dirs``: each VM's image
+    ``icons/`` directory, where an entry's ``icon`` file lives."""
     report = Report()
     wanted: set[Path] = set()
     for vm, entries in sorted(entries_by_vm.items()):
@@ -107,14 +126,22 @@ def install(
                 log.info("VM %s: desktop entry %s left out: %s", vm, file_id, exc)
                 continue
             path = targets.applications / entry_name(vm, file_id)
-            _write(path, render(entry, vm, None, category(vm)), owner, report)
+            icon_path = None
+            icon_file = raw.get("icon")
+            source_dir = (icon_dirs or {}).get(vm)
+            if isinstance(icon_file, str) and source_dir is not None and "/" not in icon_file:
+                target = targets.icons / f"{PREFIX}{_SAFE.sub('_', vm)}-{icon_file}"
+                if _copy_icon(source_dir / icon_file, target, owner, report):
+                    icon_path = str(target)
+                    wanted.add(target)
+            _write(path, render(entry, vm, icon_path, category(vm)), owner, report)
             wanted.add(path)
         menu = targets.menus / f"{PREFIX}{vm}.menu"
         directory = targets.directories / f"{PREFIX}{vm}.directory"
         _write(menu, menu_file(vm), owner, report)
         _write(directory, directory_file(vm), owner, report)
         wanted |= {menu, directory}
-    for folder in (targets.applications, targets.menus, targets.directories):
+    for folder in (targets.applications, targets.menus, targets.directories, targets.icons):
         if not folder.is_dir():
             continue
         for path in folder.glob(f"{PREFIX}*"):

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from vmsilo.desktop import icons
 from vmsilo.host import proc
 from vmsilo.image import initramfs
 
@@ -116,6 +117,7 @@ def pack(root: Path, outdir: Path, compression: str) -> dict[str, Any]:
     version = kernel_version(root)
     packages = installed_packages((root / "var/lib/dpkg/status").read_text())
     entries = desktop_entries(root)
+    icons.collect(root, entries, outdir / "icons")
     clean_root(root)
 
     stage("pack")

@@ -21,7 +21,7 @@ from vmsilo.errors import UserError
 
 # Bump whenever the builder changes what it puts into an image (packages, files, packing):
 # every digest changes with it, so old images are rebuilt instead of silently reused.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

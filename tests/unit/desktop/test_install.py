@@ -47,3 +47,17 @@ def test_every_generated_file_validates(tmp_path: Path) -> None:
         result = subprocess.run(["desktop-file-validate", str(path)], capture_output=True,
                                 text=True)
         assert result.returncode == 0, (path, result.stdout)
+
+
+def test_icons_are_copied_with_vm_prefixed_names(tmp_path: Path) -> None:
+    icons = tmp_path / "image-icons"
+    icons.mkdir()
+    (icons / "xterm.svg").write_text("<svg/>")
+    entry = {**GOOD, "icon": "xterm.svg"}
+    sneaky = {**GOOD, "file": "sneaky.desktop", "icon": "../../etc/passwd"}
+    targets = Targets.for_home(tmp_path / "home")
+    install({"work": [entry, sneaky]}, targets, icon_dirs={"work": icons})
+    copied = targets.icons / "vmsilo-work-xterm.svg"
+    assert copied.read_text() == "<svg/>"
+    assert f"Icon={copied}" in (targets.applications / "vmsilo-work-xterm.desktop").read_text()
+    assert "Icon=" not in (targets.applications / "vmsilo-work-sneaky.desktop").read_text()

@@ -1,0 +1,68 @@
+"""Icons found in an image root at build time: theme lookup, validation of what the file is,
+and paths that try to leave the root."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from vmsilo.desktop.icons import collect, find_icon
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", 48, 48) + b"\x08\x06"
+
+
+def _file(root: Path, path: str, data: bytes) -> Path:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
+def test_theme_lookup_prefers_scalable_then_large(tmp_path: Path) -> None:
+    _file(tmp_path, "usr/share/icons/hicolor/48x48/apps/calc.png", PNG)
+    assert find_icon(tmp_path, "calc") == tmp_path / "usr/share/icons/hicolor/48x48/apps/calc.png"
+    svg = _file(tmp_path, "usr/share/icons/hicolor/scalable/apps/calc.svg", b"<svg></svg>")
+    assert find_icon(tmp_path, "calc") == svg
+
+
+def test_fallbacks_to_other_themes_and_pixmaps(tmp_path: Path) -> None:
+    breeze = _file(tmp_path, "usr/share/icons/breeze/apps/64x64/x.svg", b"<svg/>")
+    assert find_icon(tmp_path, "x") is None  # breeze's layout differs: not in our paths
+    breeze.unlink()
+    pixmap = _file(tmp_path, "usr/share/pixmaps/xterm.xpm", b"/* XPM */\nstatic char *x[] = {};")
+    assert find_icon(tmp_path, "xterm") == pixmap
+
+
+def test_files_that_are_not_what_they_claim_are_refused(tmp_path: Path) -> None:
+    _file(tmp_path, "usr/share/pixmaps/fake.png", b"GIF89a")
+    huge = PNG[:16] + struct.pack(">II", 100000, 1) + PNG[24:]
+    _file(tmp_path, "usr/share/pixmaps/huge.png", huge)
+    _file(tmp_path, "usr/share/pixmaps/big.svg", b"<svg>" + b" " * (2 << 20))
+    for name in ("fake", "huge", "big"):
+        assert find_icon(tmp_path, name) is None, name
+
+
+def test_paths_never_leave_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = _file(tmp_path, "secret.png", PNG)
+    assert find_icon(root, "../secret") is None
+    assert find_icon(root, "/../secret.png") is None
+    link = root / "usr/share/pixmaps/link.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    assert find_icon(root, "link") is None
+    assert find_icon(root, "/usr/share/pixmaps/link.png") is None
+    inside = _file(root, "opt/app/icon.png", PNG)
+    assert find_icon(root, "/opt/app/icon.png") == inside
+
+
+def test_collect_copies_and_records(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _file(root, "usr/share/icons/hicolor/48x48/apps/calc.png", PNG)
+    entries = [{"file": "org.calc.desktop", "text": "[Desktop Entry]\nIcon=calc\n"},
+               {"file": "none.desktop", "text": "[Desktop Entry]\nIcon=missing\n"}]
+    collect(root, entries, tmp_path / "icons")
+    assert entries[0]["icon"] == "org.calc.png"
+    assert (tmp_path / "icons" / "org.calc.png").read_bytes() == PNG
+    assert "icon" not in entries[1]
