@@ -64,8 +64,8 @@ def refresh(config: VmsiloConfig, home: Path | None = None) -> tuple[Path, Repor
             home, owner = Path(entry.pw_dir), (entry.pw_uid, entry.pw_gid)
         else:
             home = Path.home()
-    if not home.is_dir():  # never create a home (e.g. /nonexistent of a system account)
-        raise FileNotFoundError(f"{home} is not a directory")
+        if not home.is_dir():  # never create an account's home (e.g. /nonexistent)
+            raise FileNotFoundError(f"{home} is not a directory")
     return home, install(entries_by_vm, Targets.for_home(home), owner, icon_dirs), entries_by_vm
 
 

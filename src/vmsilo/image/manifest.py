@@ -66,7 +66,7 @@ def read(image_dir: Path) -> ImageInfo | None:
         return None
     if not isinstance(data, dict):
         return None
-    size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file() and not p.is_symlink())
+    size = sum(p.stat().st_size for p in image_dir.rglob("*") if p.is_file() and not p.is_symlink())
     return ImageInfo(
         digest=str(data.get("digest", image_dir.name)),
         path=image_dir,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,9 +76,8 @@ def test_gc_keeps_used_images_and_removes_others(
     # A private store holding the real image (hard links: no copy) and one stale image.
     root = tmp_path / "store"
     used = root / "images" / built_image.digest
-    used.mkdir(parents=True)
-    for item in built_image.path.iterdir():
-        (used / item.name).hardlink_to(item)
+    used.parent.mkdir(parents=True)
+    shutil.copytree(built_image.path, used, copy_function=os.link)
     stale = root / "images" / ("0" * 32)
     stale.mkdir()
     (stale / "manifest.json").write_text('{"digest": "' + "0" * 32 + '"}')
