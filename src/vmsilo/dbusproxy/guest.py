@@ -20,6 +20,7 @@ from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 from dbus_next.signature import Variant
 
+from vmsilo.dbusproxy import bus as bus_calls
 from vmsilo.protocol import dbusproxy as wire
 from vmsilo.protocol.dbusproxy import (
     ItemAdd,
@@ -43,7 +44,7 @@ ITEM_SIGNALS = ("NewTitle", "NewIcon", "NewToolTip", "NewStatus", "NewAttentionI
 
 def _cut(text: object, limit: int) -> str:
     value = text if isinstance(text, str) else ""
-    value = wire._CONTROL.sub("", value)
+    value = wire.CONTROL_CHARS.sub("", value)
     return value[:limit]
 
 
@@ -260,9 +261,7 @@ class GuestProxy:
         try:
             while True:
                 try:
-                    header = await reader.readexactly(wire.HEADER.size)
-                    body = await reader.readexactly(wire.frame_length(header))
-                    message = wire.decode_from_host(wire.parse_frame(body))
+                    message = wire.decode_from_host(await wire.read_frame(reader))
                 except (asyncio.IncompleteReadError, wire.ProtocolViolation, OSError):
                     return
                 await self._from_host(message)
@@ -283,18 +282,18 @@ class GuestProxy:
                 self.bus.disconnect()
 
     async def _add_match(self, rule: str) -> None:
-        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
-                         "org.freedesktop.DBus", "AddMatch", "s", [rule])
+        assert self.bus is not None
+        await bus_calls.add_match(self.bus, rule)
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str = "", body: list[Any] | None = None) -> list[Any] | None:
+        """The reply's body, or None: a guest program that fails a call is skipped."""
         assert self.bus is not None
-        reply = await self.bus.call(Message(destination=destination, path=path,
-                                            interface=interface, member=member,
-                                            signature=signature, body=body or []))
-        if reply is None or reply.message_type == MessageType.ERROR:
+        try:
+            return await bus_calls.call(self.bus, destination, path, interface, member,
+                                        signature, body)
+        except DBusError:
             return None
-        return list(reply.body)
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type == MessageType.METHOD_CALL:
@@ -323,8 +322,8 @@ class GuestProxy:
             bus_name, path = sender, service
         else:
             bus_name, path = service, "/StatusNotifierItem"
-        owner = await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                 "org.freedesktop.DBus", "GetNameOwner", "s", [bus_name])
+        owner = await self._call(bus_calls.BUS_NAME, bus_calls.BUS_PATH, bus_calls.BUS_NAME,
+                                 "GetNameOwner", "s", [bus_name])
         if not owner:
             return
         self._counter += 1

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import MessageType, PropertyAccess
+from dbus_next.constants import PropertyAccess
 from dbus_next.errors import DBusError
-from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 from dbus_next.signature import Variant
 
+from vmsilo.dbusproxy import bus as bus_calls
 from vmsilo.protocol import dbusproxy as wire
 from vmsilo.protocol.dbusproxy import (
     ItemAdd,
@@ -326,15 +326,15 @@ class HostProxy:
         try:
             while True:
                 try:
-                    header = await self.reader.readexactly(wire.HEADER.size)
-                except asyncio.IncompleteReadError:
+                    frame = await wire.read_frame(self.reader)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:  # cut off inside a frame
+                        raise ProtocolViolation("the guest hung up inside a frame") from None
                     return  # the guest went away
-                body = await self.reader.readexactly(wire.frame_length(header))
                 if not self.rate.allow(time.monotonic()):
                     raise ProtocolViolation("more messages than the rate limit allows")
-                message = wire.decode_from_guest(wire.parse_frame(body))
-                await self._handle(message)
-        except (ProtocolViolation, asyncio.IncompleteReadError) as exc:
+                await self._handle(wire.decode_from_guest(frame))
+        except ProtocolViolation as exc:
             self.violation = str(exc)
             log.warning("VM %s: D-Bus proxy: protocol violation, disconnecting: %s", self.vm,
                         exc)
@@ -354,12 +354,7 @@ class HostProxy:
 
     async def _add_match(self, rule: str) -> None:
         assert self._bus is not None
-        from dbus_next.message import Message
-
-        await self._bus.call(Message(destination="org.freedesktop.DBus",
-                                     path="/org/freedesktop/DBus",
-                                     interface="org.freedesktop.DBus", member="AddMatch",
-                                     signature="s", body=[rule]))
+        await bus_calls.add_match(self._bus, rule)
 
     # -- from the guest ----------------------------------------------------------------------
 
@@ -405,15 +400,10 @@ class HostProxy:
                              "s", [name])
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
-                    signature: str, body: list[Any]) -> Any:
+                    signature: str, body: list[Any]) -> list[Any]:
         assert self._bus is not None
-        reply = await self._bus.call(Message(destination=destination, path=path,
-                                             interface=interface, member=member,
-                                             signature=signature, body=body))
-        if reply is None or reply.message_type == MessageType.ERROR:
-            raise DBusError(reply.error_name if reply else "org.vmsilo.NoReply",
-                            str(reply.body[0]) if reply and reply.body else "no reply")
-        return reply.body
+        return await bus_calls.call(self._bus, destination, path, interface, member,
+                                    signature, body)
 
     async def _notify(self, message: Notify) -> None:
         actions: list[str] = []

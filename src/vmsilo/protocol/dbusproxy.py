@@ -12,13 +12,14 @@ data travels as base64. Stdlib only: the guest half imports it too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PORT = 5001
@@ -46,7 +47,7 @@ ORIENTATIONS = ("horizontal", "vertical")
 MENU_TYPES = ("standard", "separator")
 TOGGLE_TYPES = ("", "checkmark", "radio")
 # Control characters other than tab and newline have no business in a title or a body.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class ProtocolViolation(ValueError):  # noqa: N818 - a violation, named as the spec says
@@ -68,6 +69,13 @@ def frame_length(header: bytes) -> int:
     if length > MAX_FRAME:
         raise ProtocolViolation(f"frame of {length} bytes exceeds {MAX_FRAME}")
     return int(length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The next frame's JSON object; IncompleteReadError at the end of the stream,
+    ProtocolViolation for a frame that is too long or not a JSON object."""
+    header = await reader.readexactly(HEADER.size)
+    return parse_frame(await reader.readexactly(frame_length(header)))
 
 
 def parse_frame(untrusted_body: bytes) -> dict[str, Any]:
@@ -229,7 +237,7 @@ def _str(untrusted: Mapping[str, Any], key: str, limit: int, *, default: str | N
         raise ProtocolViolation(f"{key} is not a string")
     if len(value) > limit:
         raise ProtocolViolation(f"{key} is longer than {limit} characters")
-    if text and _CONTROL.search(value):
+    if text and CONTROL_CHARS.search(value):
         raise ProtocolViolation(f"{key} contains control characters")
     return value
 
@@ -333,7 +341,7 @@ def _actions(untrusted: object) -> tuple[tuple[str, str], ...]:
                 or not all(isinstance(part, str) for part in pair)):
             raise ProtocolViolation("an action is not a [key, label] pair")
         key, label = pair
-        if not ID_RE.match(key) or len(label) > MAX_LABEL or _CONTROL.search(label):
+        if not ID_RE.match(key) or len(label) > MAX_LABEL or CONTROL_CHARS.search(label):
             raise ProtocolViolation("an action key or label is malformed")
         actions.append((key, label))
     return tuple(actions)
@@ -379,7 +387,6 @@ class FromHost:
     event: str = "clicked"
     key: str = ""
     reason: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def decode_from_host(untrusted: Mapping[str, Any]) -> FromHost:
