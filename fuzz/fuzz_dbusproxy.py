@@ -8,8 +8,8 @@ The test suite runs it for a bounded number of iterations (tests/integration/tes
 Without atheris installed, ``python fuzz/fuzz_dbusproxy.py DIR...`` runs the corpus once.
 """
 
-import sys
-from pathlib import Path
+
+from driver import run  # fuzz/driver.py: the script's directory is on sys.path
 
 from vmsilo.protocol import dbusproxy as wire
 
@@ -35,18 +35,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        for name in sys.argv[1:]:
-            paths = sorted(Path(name).iterdir()) if Path(name).is_dir() else [Path(name)]
-            for path in paths:
-                test_one_input(path.read_bytes())
-        print(f"ran the corpus once ({len(sys.argv) - 1} paths); install atheris to fuzz")
-        return
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input)
 
 
 if __name__ == "__main__":

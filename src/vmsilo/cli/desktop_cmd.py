@@ -5,22 +5,14 @@ user's home (files owned by that user); run as a user, into one's own."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pwd
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
 from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
-from vmsilo.config import load_config, resolve
-from vmsilo.config.model import VmsiloConfig
-from vmsilo.desktop.install import Report, Targets, install
-from vmsilo.host.paths import Paths
-from vmsilo.image.manifest import MANIFEST
-from vmsilo.image.spec import agent_digest, spec_for_vm
+from vmsilo.config import load_config
+from vmsilo.desktop.menu import refresh
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,51 +25,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              help="the home to write into (default: the configured user's "
                                   "when root, else yours)")
     install_cmd.set_defaults(func=run_install)
-
-
-def _entries(image_dir: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads((image_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return []
-    entries = data.get("desktopEntries", []) if isinstance(data, dict) else []
-    return [e for e in entries if isinstance(e, dict)]
-
-
-def refresh(config: VmsiloConfig, home: Path | None = None) -> tuple[Path, Report,
-                                                                     dict[str, list[Any]]]:
-    """Write the menu for every VM of ``config`` (see module docstring)."""
-    resolved = resolve(config)
-    paths = Paths.for_mode()
-    digest = agent_digest()
-    entries_by_vm = {}
-    icon_dirs = {}
-    for name, rvm in resolved.vms.items():
-        spec = spec_for_vm(name, rvm.vm, suite=config.image.suite, mirror=config.image.mirror,
-                           agent=digest)
-        entries_by_vm[name] = _entries(paths.image(spec.digest()))
-        icon_dirs[name] = paths.image(spec.digest()) / "icons"
-    owner = None
-    if home is None:
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(config.user)
-            home, owner = Path(entry.pw_dir), (entry.pw_uid, entry.pw_gid)
-        else:
-            home = Path.home()
-        if not home.is_dir():  # never create an account's home (e.g. /nonexistent)
-            raise FileNotFoundError(f"{home} is not a directory")
-    return home, install(entries_by_vm, Targets.for_home(home), owner, icon_dirs), entries_by_vm
-
-
-def refresh_quietly(config: VmsiloConfig) -> str:
-    """``refresh`` for callers whose own work must not fail on the menu (image build,
-    vmsilod): a one-line outcome."""
-    try:
-        home, report, _ = refresh(config)
-    except (OSError, KeyError) as exc:
-        return f"menu not refreshed: {exc}"
-    return (f"menu refreshed in {home}: {len(report.written)} files written, "
-            f"{len(report.removed)} removed")
 
 
 def run_install(args: argparse.Namespace) -> int:

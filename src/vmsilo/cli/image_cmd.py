@@ -17,6 +17,7 @@ from rich.table import Table
 from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
 from vmsilo.config import load_config
+from vmsilo.desktop.menu import refresh_quietly
 from vmsilo.host.paths import Paths
 from vmsilo.image import build, store
 
@@ -84,8 +85,6 @@ def run_build(args: argparse.Namespace) -> int:
         else:
             print(f"{label}: built image {digest} in {result.seconds:.0f} s ({result.path})")
     # The images' applications belong in the desktop menu.
-    from vmsilo.cli.desktop_cmd import refresh_quietly
-
     print(refresh_quietly(config))
     return 0
 

@@ -18,7 +18,6 @@ import socket
 import sys
 from pathlib import Path
 
-from vmsilo.cli.desktop_cmd import refresh_quietly
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
 from vmsilo.daemon.dbusproxy import ProxyLauncher
@@ -27,6 +26,7 @@ from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.server import ControlServer
 from vmsilo.daemon.supervisor import Supervisor
 from vmsilo.daemon.vm import Timeouts, VmController
+from vmsilo.desktop.menu import refresh_quietly
 from vmsilo.errors import UserError
 from vmsilo.host.paths import Mode, Paths
 from vmsilo.hypervisor.base import Backend

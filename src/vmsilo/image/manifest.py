@@ -74,3 +74,13 @@ def read(image_dir: Path) -> ImageInfo | None:
         kernel_version=str(data.get("kernelVersion", "?")),
         size=size,
     )
+
+
+def desktop_entries(image_dir: Path) -> list[dict[str, Any]]:
+    """The desktop entries the build collected (``[]`` for a missing or unreadable image)."""
+    try:
+        data = json.loads((image_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = data.get("desktopEntries", []) if isinstance(data, dict) else []
+    return [entry for entry in entries if isinstance(entry, dict)]

@@ -175,7 +175,7 @@ def start(
     return running
 
 
-def _is_ours(pid: int, directory: Path) -> bool:
+def _is_ours(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -190,7 +190,7 @@ def adopt(runtime_dir: Path, tag: str) -> RunningShare | None:
         pid = int((directory / "pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _is_ours(pid, directory):
+    if not _is_ours(pid):
         return None
     return RunningShare(tag, directory, None, pid)
 
@@ -205,13 +205,13 @@ def stop(running: RunningShare) -> None:
             except subprocess.TimeoutExpired:
                 running.process.kill()
                 running.process.wait()
-    elif _is_ours(running.pid, running.directory):
+    elif _is_ours(running.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(running.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
-        while _is_ours(running.pid, running.directory) and time.monotonic() < deadline:
+        while _is_ours(running.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
-            if _is_ours(running.pid, running.directory):
+            if _is_ours(running.pid):
                 os.kill(running.pid, signal.SIGKILL)
     shutil.rmtree(running.directory, ignore_errors=True)

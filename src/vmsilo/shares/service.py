@@ -104,9 +104,9 @@ class ShareService:
     ) -> list[runner.RunningShare]:
         """Start every share's virtiofsd (the home created from the template first); on a
         failure the ones started are stopped again."""
-        shares = self.check(rvm)
+        # The plan stage already checked these shares against the found virtiofsd.
+        shares = shares_for(rvm, self.paths)
         found = self.virtiofsd()
-        assert found is not None or not shares
         running: list[runner.RunningShare] = []
         try:
             for share in shares:
