@@ -35,7 +35,6 @@ from vmsilo.balloon.interval import (
 from vmsilo.balloon.policy import BalloonPolicy, Observation, next_target
 from vmsilo.balloon.settings import BalloonSettings
 from vmsilo.balloon.stall import Freshness, StallDetector
-from vmsilo.host.inotify import IN_ISDIR, Inotify
 
 log = logging.getLogger("vmsilo-balloond")
 
@@ -214,51 +213,54 @@ class Balloond:
         os.chmod(tmp, 0o644)
         tmp.replace(self.status_path)
 
+    async def _wake_on_changes(self, inotify: Any, is_dir: int) -> None:
+        # Only a VM directory coming or going, or a balloon socket appearing, is news; our own
+        # status file's rewrites are not (they would wake us in a loop).
+        async for event in inotify:
+            name = event.name.name if event.name is not None else ""
+            if event.mask & is_dir or name == BALLOON_SOCKET:
+                self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
+        # Imported here: asyncinotify looks for the C library (running ldconfig) on import,
+        # which the commands that only read balloond's status must not pay for.
+        from asyncinotify import Inotify, Mask
+
+        changes = Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        inotify = Inotify()
-        inotify.watch(str(self.run_dir))
-        watched: set[str] = set()
-
-        def on_events() -> None:
-            # Only a VM directory coming or going, or a balloon socket appearing, is news;
-            # our own status file's rewrites are not (they would wake us in a loop).
-            for event in inotify.read():
-                if event.mask & IN_ISDIR or event.name == BALLOON_SOCKET:
-                    self._wake.set()
-
-        loop.add_reader(inotify.fileno(), on_events)
-        try:
-            while not stop.is_set():
-                if not self.run_dir.is_dir():
-                    log.info("%s is gone; exiting", self.run_dir)
-                    break
-                for runtime_dir in self.run_dir.iterdir():
-                    if runtime_dir.is_dir() and runtime_dir.name not in watched:
+        with Inotify() as inotify:
+            inotify.add_watch(self.run_dir, changes)
+            watched: set[str] = set()
+            waker = asyncio.create_task(self._wake_on_changes(inotify, Mask.ISDIR))
+            try:
+                while not stop.is_set():
+                    if not self.run_dir.is_dir():
+                        log.info("%s is gone; exiting", self.run_dir)
+                        break
+                    present = {p.name: p for p in self.run_dir.iterdir() if p.is_dir()}
+                    for name in present.keys() - watched:
                         # The balloon socket appears in the VM's directory after it does.
                         with contextlib.suppress(OSError):
-                            inotify.watch(str(runtime_dir))
-                            watched.add(runtime_dir.name)
-                watched &= {p.name for p in self.run_dir.iterdir()}
-                try:
-                    interval = await self.tick()
-                except (OSError, ValueError) as exc:
-                    log.error("tick failed: %s", exc)
-                    interval = self.settings.poll_interval
-                self._wake.clear()
-                stopping = asyncio.ensure_future(stop.wait())
-                woken = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    {stopping, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in (stopping, woken):
-                    task.cancel()
-        finally:
-            loop.remove_reader(inotify.fileno())
-            inotify.close()
-            for vm in self.vms.values():
-                with contextlib.suppress(Exception):
-                    await vm.driver.close()
-            with contextlib.suppress(OSError):
-                self.status_path.unlink(missing_ok=True)
+                            inotify.add_watch(present[name], changes)
+                            watched.add(name)
+                    watched &= present.keys()
+                    try:
+                        interval = await self.tick()
+                    except (OSError, ValueError) as exc:
+                        log.error("tick failed: %s", exc)
+                        interval = self.settings.poll_interval
+                    self._wake.clear()
+                    stopping = asyncio.ensure_future(stop.wait())
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait(
+                        {stopping, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in (stopping, woken):
+                        task.cancel()
+            finally:
+                waker.cancel()
+                for vm in self.vms.values():
+                    with contextlib.suppress(Exception):
+                        await vm.driver.close()
+                with contextlib.suppress(OSError):
+                    self.status_path.unlink(missing_ok=True)
