@@ -11,7 +11,6 @@ Run: ``.venv/bin/python -m bench.dbusproxy``
 
 import asyncio
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, method
 from rich.console import Console
+from tests.support.dbus import start_bus
 
 from bench.common import Comparison, Sample, print_comparisons
 from vmsilo.dbusproxy.guest import GuestProxy
@@ -46,15 +46,6 @@ class CountingServer(ServiceInterface):
         return self.count
 
 
-def start_bus(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"unix:path={tmp / name}.sock"
-    process = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile",
-                                f"--address={address}"], stdout=subprocess.DEVNULL)
-    while not (tmp / f"{name}.sock").exists():
-        time.sleep(0.01)
-    return process, address
-
-
 def notify(destination: str, n: int) -> Message:
     return Message(destination=destination, path="/org/freedesktop/Notifications",
                    interface="org.freedesktop.Notifications", member="Notify",
@@ -65,8 +56,8 @@ def notify(destination: str, n: int) -> Message:
 async def run() -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        guest_daemon, guest_address = start_bus(tmp, "guest")
-        host_daemon, host_address = start_bus(tmp, "host")
+        guest_daemon, guest_address = start_bus(tmp / "guest.sock")
+        host_daemon, host_address = start_bus(tmp / "host.sock")
         try:
             host_bus = await MessageBus(bus_address=host_address).connect()
             server = CountingServer()

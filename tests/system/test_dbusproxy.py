@@ -7,13 +7,13 @@ import json
 import os
 import subprocess
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import RunningDaemon
+from tests.support.dbus import start_bus
 
 NOBODY = 65534
 SUPPORT = Path(__file__).parents[1] / "support"
@@ -68,17 +68,11 @@ def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
     bus_dir = daemon.root / "desktop"
     bus_dir.mkdir()
     os.chmod(bus_dir, 0o777)
-    address = f"unix:path={bus_dir}/bus"
     as_nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
-    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile",
-                            f"--address={address}"], stdout=subprocess.DEVNULL, **as_nobody)
+    bus, address = start_bus(bus_dir / "bus", **as_nobody)
     received = bus_dir / "notifications.jsonl"
     server = None
     try:
-        for _ in range(200):
-            if (bus_dir / "bus").exists():
-                break
-            time.sleep(0.05)
         server = subprocess.Popen([SYSTEM_PYTHON, str(SUPPORT / "notification_server.py"),
                                    address, str(received)], stdout=subprocess.PIPE,
                                   cwd="/", env={**os.environ, **AS_NOBODY_ENV}, **as_nobody)

@@ -21,6 +21,7 @@ from dbus_next.service import ServiceInterface, dbus_property, method
 from dbus_next.service import signal as dbus_signal
 from dbus_next.signature import Variant
 
+from tests.support.dbus import start_bus
 from vmsilo.dbusproxy.guest import GuestProxy
 from vmsilo.dbusproxy.host import HostProxy
 from vmsilo.protocol import dbusproxy as wire
@@ -35,16 +36,7 @@ COLOUR = (0x34, 0x98, 0xDB)
 
 
 def _bus(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"unix:path={tmp / name}.sock"
-    process = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={address}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        if (tmp / f"{name}.sock").exists():
-            break
-        import time
-        time.sleep(0.01)
-    return process, address
+    return start_bus(tmp / f"{name}.sock")
 
 
 @pytest.fixture
