@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import shlex
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,8 +67,21 @@ async def _serve(args: argparse.Namespace) -> None:
         await agent.serve_vsock()
 
 
+def _let_commands_have_default_signals() -> None:
+    """Signals ignored when the agent starts stay ignored in every command it execs (only
+    caught ones are reset by exec), and a shell cannot trap a signal ignored on entry: Ctrl-C
+    would never reach a program. A parent that started the agent in the background (a
+    non-interactive shell does that to SIGINT and SIGQUIT) must not decide this for the
+    guest's programs."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _let_commands_have_default_signals()
     logging.basicConfig(
         level=args.log_level, format="vmsilo-agent %(levelname)s %(name)s: %(message)s"
     )
