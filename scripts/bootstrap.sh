@@ -21,6 +21,12 @@ declare -A PACKAGES=(
   [bubblewrap]=/usr/bin/bwrap
   [cpio]=/usr/bin/cpio
   [desktop-file-utils]=/usr/bin/desktop-file-validate
+  # Wayland: waypipe carries guest windows; the protocol XML gives the filter its tables;
+  # weston (headless) is the compositor the tests and benches show windows on.
+  [waypipe]=/usr/bin/waypipe
+  [libwayland-dev]=/usr/share/wayland/wayland.xml
+  [wayland-protocols]=/usr/share/wayland-protocols/stable/xdg-shell/xdg-shell.xml
+  [weston]=/usr/bin/weston
 )
 
 missing=()

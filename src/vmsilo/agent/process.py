@@ -48,6 +48,17 @@ def lookup_account(name: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
 
 
+WAYLAND_ENVIRONMENT = {
+    "WAYLAND_DISPLAY": "wayland-0",
+    "XDG_SESSION_TYPE": "wayland",
+    "GDK_BACKEND": "wayland",
+    "QT_QPA_PLATFORM": "wayland",
+    "MOZ_ENABLE_WAYLAND": "1",
+    "SDL_VIDEODRIVER": "wayland",
+    "CLUTTER_BACKEND": "wayland",
+}
+
+
 def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -> dict[str, str]:
     env = {
         "HOME": account.home,
@@ -55,6 +66,8 @@ def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -
         "LOGNAME": account.name,
         "SHELL": account.shell or "/bin/sh",
         "PATH": ROOT_PATH if account.uid == 0 else DEFAULT_PATH,
+        # The image's locale (/etc/default/locale); some programs refuse to start without UTF-8.
+        "LANG": "C.UTF-8",
     }
     runtime_dir = f"/run/user/{account.uid}"
     if os.path.isdir(runtime_dir):
@@ -63,6 +76,9 @@ def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -
         # proxy): programs find the tray watcher and the notification server there.
         if os.path.exists(f"{runtime_dir}/bus"):
             env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={runtime_dir}/bus"
+        # The display vmsilo-wayland.service makes: programs (and their toolkits) use it.
+        if os.path.exists(f"{runtime_dir}/wayland-0"):
+            env.update(WAYLAND_ENVIRONMENT)
     if tty:
         env["TERM"] = "xterm-256color"
     env.update(caller_env)

@@ -26,6 +26,7 @@ from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.server import ControlServer
 from vmsilo.daemon.supervisor import Supervisor
 from vmsilo.daemon.vm import Timeouts, VmController
+from vmsilo.daemon.wayland import WaylandLauncher
 from vmsilo.desktop.menu import refresh_quietly
 from vmsilo.errors import UserError
 from vmsilo.host.paths import Mode, Paths
@@ -90,6 +91,7 @@ class Daemon:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
         self.dbus_proxies = ProxyLauncher(paths, self.owner)
+        self.wayland = WaylandLauncher(paths, self.owner)
         self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
                                    else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
@@ -151,11 +153,13 @@ class Daemon:
                             on_state=self._on_state)
 
     async def _on_state(self, vm: VmController) -> None:
-        # The D-Bus proxy follows the VM: up while it runs, down otherwise.
+        # The D-Bus proxy and the Wayland path follow the VM: up while it runs, down otherwise.
         if vm.state is Runstate.RUNNING:
             self.dbus_proxies.start(vm.resolved)
+            self.wayland.start(vm.resolved)
         elif vm.state in (Runstate.STOPPED, Runstate.FAILED, Runstate.STOPPING):
             self.dbus_proxies.stop(vm.name)
+            self.wayland.stop(vm.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         if await _daemon_answers(self.paths.control_socket):
@@ -181,6 +185,7 @@ class Daemon:
         await self.server.close()
         await self.supervisor.shutdown()
         self.dbus_proxies.stop_all()
+        self.wayland.stop_all()
 
 
 async def _daemon_answers(path: Path) -> bool:

@@ -76,7 +76,10 @@ def launch_spec(
     shares: tuple[FsShare, ...] = (),
     guest_shares: tuple[str, ...] = (),
 ) -> LaunchSpec:
-    features = ("vmsilo.dbus=1",) if rvm.vm.dbus.tray or rvm.vm.dbus.notifications else ()
+    features: tuple[str, ...] = (
+        ("vmsilo.dbus=1",) if rvm.vm.dbus.tray or rvm.vm.dbus.notifications else ())
+    if rvm.vm.gpu.wayland:
+        features += ("vmsilo.wayland=1",)
     vm = rvm.vm
     if image_dir is None and (vm.kernel is None or vm.root_disk is None):
         raise ValueError(f"VM {rvm.name}: no image and no kernel/rootDisk override")

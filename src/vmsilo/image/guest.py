@@ -113,8 +113,9 @@ WantedBy=sysinit.target
 # agent, so that programs it runs find the bus), and the proxy's guest half on port 5001.
 USER_SESSION_UNIT = """\
 [Unit]
-Description=vmsilo: the guest user's session bus (tray and notifications)
-ConditionKernelCommandLine=vmsilo.dbus
+Description=vmsilo: the guest user's session (bus for tray and notifications, Wayland display)
+ConditionKernelCommandLine=|vmsilo.dbus
+ConditionKernelCommandLine=|vmsilo.wayland
 After=vmsilo-shares.service systemd-user-sessions.service systemd-logind.service
 Before=vmsilo-agent.service
 
@@ -155,6 +156,41 @@ Type=notify
 NotifyAccess=main
 User=user
 ExecStart=/usr/bin/python3 -m vmsilo.dbusproxy.guest_main
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+WAYLAND_SOCKET = """\
+[Unit]
+Description=vmsilo Wayland port (5003)
+ConditionKernelCommandLine=vmsilo.wayland
+
+[Socket]
+ListenStream=/run/vmsilo/ports/5003.sock
+SocketMode=0600
+DirectoryMode=0755
+
+[Install]
+WantedBy=sockets.target
+"""
+
+# The guest user's Wayland display (waypipe's server half, joined to streams the host parks on
+# port 5003); ready once the display socket exists, so the agent's first program finds it.
+WAYLAND_SERVICE = """\
+[Unit]
+Description=vmsilo Wayland display (guest half)
+ConditionKernelCommandLine=vmsilo.wayland
+ConditionPathExists=/usr/bin/waypipe
+After=vmsilo-user-session.service
+Before=vmsilo-agent.service
+
+[Service]
+Type=notify
+NotifyAccess=main
+User=user
+ExecStart=/usr/bin/python3 -m vmsilo.agent.wayland
 Restart=on-failure
 
 [Install]
@@ -234,7 +270,8 @@ def configure_script(spec: ImageSpec) -> str:
         f"python3 -m compileall -q {AGENT_DEST} {LIBRARY_DEST}/dbus_next",
         "systemctl enable vmsilo-agent.service serial-getty@ttyS0.service "
         "vmsilo-network.service vmsilo-shares.service systemd-networkd.service "
-        "vmsilo-user-session.service vmsilo-dbus-proxy.socket vmsilo-dbus-proxy.service",
+        "vmsilo-user-session.service vmsilo-dbus-proxy.socket vmsilo-dbus-proxy.service "
+        "vmsilo-wayland.socket vmsilo-wayland.service",
         "systemctl mask " + " ".join(MASKED_UNITS),
     ]
     if spec.enable_units:
@@ -263,6 +300,9 @@ def staged_files(spec: ImageSpec, package_root: Path | None = None) -> list[Stag
                    0o644),
         StagedFile("/etc/systemd/system/vmsilo-dbus-proxy.service",
                    DBUS_PROXY_SERVICE.encode(), 0o644),
+        StagedFile("/etc/systemd/system/vmsilo-wayland.socket", WAYLAND_SOCKET.encode(), 0o644),
+        StagedFile("/etc/systemd/system/vmsilo-wayland.service", WAYLAND_SERVICE.encode(),
+                   0o644),
         StagedFile(
             "/etc/systemd/system/systemd-networkd.service.d/vmsilo.conf",
             NETWORKD_DROPIN.encode(),

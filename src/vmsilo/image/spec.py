@@ -21,7 +21,7 @@ from vmsilo.errors import UserError
 
 # Bump whenever the builder changes what it puts into an image (packages, files, packing):
 # every digest changes with it, so old images are rebuilt instead of silently reused.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -199,9 +199,16 @@ def parse_mode(value: object, where: str) -> int:
 NETVM_PACKAGES = ("nftables", "unbound", "dns-root-data")
 
 
+# A VM with a Wayland display runs waypipe's server half.
+WAYLAND_PACKAGES = ("waypipe",)
+
+
 def _role_packages(vm: Any) -> tuple[str, ...]:
     network = getattr(vm, "network", None)
-    return NETVM_PACKAGES if getattr(network, "is_netvm", False) else ()
+    packages: tuple[str, ...] = NETVM_PACKAGES if getattr(network, "is_netvm", False) else ()
+    if getattr(getattr(vm, "gpu", None), "wayland", False):
+        packages += WAYLAND_PACKAGES
+    return packages
 
 
 def spec_for_vm(
