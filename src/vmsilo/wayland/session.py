@@ -93,6 +93,7 @@ class Session:
         self.messages = 0
         self._client = _Direction()
         self._server = _Direction()
+        self._broken: str | None = None
 
     # -- input -------------------------------------------------------------------------------
 
@@ -116,6 +117,8 @@ class Session:
 
     def _feed(self, direction: _Direction, data: bytes, fds: list[int], handle: Any) -> Output:
         direction.fds.extend(fds)
+        if self._broken is not None:
+            raise ViolationError(f"the connection was already closed ({self._broken})")
         direction.buffer += data
         if len(direction.fds) > MAX_QUEUED_FDS:
             raise ViolationError(f"{len(direction.fds)} file descriptors queued without messages")
@@ -136,8 +139,9 @@ class Session:
                 handle(object_id, opcode, view[pos:pos + size], direction.fds, out, probe=False)
                 pos += size
                 self.messages += 1
-        except BaseException:
+        except BaseException as exc:
             out.close_fds()
+            self._broken = str(exc) or type(exc).__name__
             raise
         finally:
             view.release()
