@@ -18,6 +18,7 @@ pytestmark = pytest.mark.allow_subprocess
     ("target", "corpora"),
     [
         ("fuzz_dbusproxy.py", ["dbusproxy"]),
+        ("fuzz_wayland.py", ["wayland"]),
         ("fuzz_decoders.py", ["mux", "exec_to_host", "exec_to_guest"]),
     ],
 )

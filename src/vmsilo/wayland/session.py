@@ -125,7 +125,9 @@ class Session:
         if len(direction.buffer) > MAX_BUFFERED:
             raise ViolationError("too much unparsed data")
         out = Output()
-        view = memoryview(direction.buffer)
+        # A view of a copy: views of the buffer itself would pin it (a traceback keeping a
+        # slice alive made the final resize fail, found by the fuzzer).
+        view = memoryview(bytes(direction.buffer))
         pos = 0
         try:
             while len(view) - pos >= HEADER_SIZE:
@@ -144,7 +146,6 @@ class Session:
             self._broken = str(exc) or type(exc).__name__
             raise
         finally:
-            view.release()
             del direction.buffer[:pos]
         return out
 
