@@ -27,6 +27,7 @@ declare -A PACKAGES=(
   [libwayland-dev]=/usr/share/wayland/wayland.xml
   [wayland-protocols]=/usr/share/wayland-protocols/stable/xdg-shell/xdg-shell.xml
   [weston]=/usr/bin/weston
+  [wayland-utils]=/usr/bin/wayland-info
 )
 
 missing=()
