@@ -184,7 +184,22 @@ def _vm_table(name: str, vm: VmConfig) -> list[str]:
                 f"{share_path}: posixAcl (on by default) cannot be combined with "
                 "translateUid/translateGid; set posixAcl = false or remove the translation"
             )
+    problems.extend(_gpu(name, vm))
     return problems
+
+
+def _gpu(name: str, vm: VmConfig) -> list[str]:
+    """The accelerated path (virtio-gpu cross-domain through vhost-device-gpu or crosvm's GPU
+    device) exists for cloud-hypervisor and crosvm only; QEMU VMs get the portable Wayland
+    path. Asking a QEMU VM for it is refused rather than ignored."""
+    if vm.hypervisor != "qemu":
+        return []
+    return [
+        f"{vm_path(name, 'gpu', option)}: the accelerated GPU path needs hypervisor = "
+        f'"cloud-hypervisor" or "crosvm"; QEMU VMs show windows through gpu.wayland. Set '
+        f"gpu.{option} = false"
+        for option, wanted in (("opengl", vm.gpu.opengl), ("vulkan", vm.gpu.vulkan)) if wanted
+    ]
 
 
 def _depends_on(vms: Mapping[str, VmConfig], known: set[str]) -> list[str]:

@@ -64,6 +64,7 @@ def test_gpu_switches() -> None:
     off = one_vm("gpu = false").vms["test"].gpu
     assert not off.enabled
     custom = one_vm(
+        'hypervisor = "crosvm"\n'
         'gpu = { opengl = true, context-types = "cross-domain:virgl2", width = 1920 }'
     ).vms["test"]
     assert custom.gpu.opengl and custom.gpu.wayland
