@@ -86,7 +86,7 @@ class WaylandLauncher:
         log_dir = self.paths.vm_log_dir(rvm.name)
         log_dir.mkdir(parents=True, exist_ok=True)
         python = os.environ.get("VMSILO_HELPER_PYTHON", sys.executable)
-        as_user = ({"user": uid, "group": gid, "extra_groups": []}
+        as_user: dict[str, Any] = ({"user": uid, "group": gid, "extra_groups": []}
                    if self.owner is not None else {})
         env = {"VMSILO_CONTROL_SOCKET": str(self.paths.control_socket)}
         processes: list[subprocess.Popen[bytes]] = []

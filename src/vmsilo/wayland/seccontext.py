@@ -30,7 +30,7 @@ ENGINE = "vmsilo"
 def create(display_path: Path, socket_path: Path, vm: str, app_id: str) -> int | None:
     """Register ``socket_path`` with the compositor; return the write end of the close pipe
     (keep it open as long as the socket should work), or None without the protocol."""
-    from pywayland.client import Display
+    from pywayland.client.display import Display
     from pywayland.protocol.security_context_v1 import WpSecurityContextManagerV1
 
     display = Display(str(display_path))
