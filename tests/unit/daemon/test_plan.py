@@ -71,3 +71,16 @@ def test_overrides_and_tmpfs_overlay() -> None:
     assert "vmsilo.overlay_size=536870912" in spec.kernel_cmdline().split()
     assert spec.nics == ()
     assert spec.cid == 4
+
+
+def test_guest_features_follow_gpu_and_dbus() -> None:
+    def features(extra: str) -> tuple[str, ...]:
+        resolved = resolve(parse_config(f'user = "alice"\n[vms.v]\n{extra}\n'))
+        return launch_spec(resolved.vms["v"], IMAGE, PATHS).guest_features
+
+    assert features("") == ("vmsilo.dbus=1", "vmsilo.wayland=1")
+    assert features("gpu = false") == ("vmsilo.dbus=1",)
+    assert features("gpu.wayland = false\ndbus.tray = false\ndbus.notifications = false") == ()
+    assert "vmsilo.wayland=1" in launch_spec(
+        resolve(parse_config('user = "alice"\n[vms.v]\n')).vms["v"], IMAGE, PATHS
+    ).kernel_cmdline().split()

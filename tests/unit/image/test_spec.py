@@ -114,3 +114,13 @@ def test_adapter_maps_config_names_and_equal_vms_share_a_digest() -> None:
     assert spec_a.digest() == spec_for_vm("b", vm_b, agent="x").digest()
     with pytest.raises(UserError, match=r"vms\.c\.guestPrograms: 'BAD'"):
         spec_for_vm("c", SimpleNamespace(guest_programs=["BAD"], guest_config=[]), agent="x")
+
+
+def test_vms_with_a_wayland_display_get_waypipe() -> None:
+    from vmsilo.config import parse_config
+
+    config = parse_config('user = "alice"\n[vms.shown]\n[vms.hidden]\ngpu = false\n')
+    shown = spec_for_vm("shown", config.vms["shown"], agent="a")
+    hidden = spec_for_vm("hidden", config.vms["hidden"], agent="a")
+    assert "waypipe" in shown.packages
+    assert "waypipe" not in hidden.packages
