@@ -46,18 +46,21 @@ hostNetworking.nat = {{ enable = true, interface = "{UPLINK}" }}
 memory = 512
 cpus = 1
 rootOverlay.type = "tmpfs"
+gpu = false
 network = {{ isNetvm = true, netvm = "host" }}
 
 [vms.c1]
 memory = 512
 cpus = 1
 rootOverlay.type = "tmpfs"
+gpu = false
 network.netvm = "gate"
 
 [vms.flat]
 memory = 512
 cpus = 1
 rootOverlay.type = "tmpfs"
+gpu = false
 network.interfaces.lan = {{ tap = {{ bridge = "{BRIDGE}" }}, addresses = ["203.0.113.10/24"] }}
 """
 

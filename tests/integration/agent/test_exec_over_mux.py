@@ -219,7 +219,13 @@ async def test_tty_ctrl_c_interrupts_foreground_command(client: ExecClient) -> N
 
 
 async def test_idle_report_counts_running_commands(client: ExecClient) -> None:
+    # The agent is shared with earlier tests: one of their commands may still be reaped.
     before = await client.status()
+    for _ in range(100):
+        if before.running == 0:
+            break
+        await asyncio.sleep(0.05)
+        before = await client.status()
     session = await client.start(req("sh", "-c", "echo up; read x"))
     try:
         await session.next_event()

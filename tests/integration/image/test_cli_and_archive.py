@@ -20,12 +20,15 @@ from .conftest import TEST_IMAGE_ROOT, needs_root
 
 pytestmark = [needs_root, pytest.mark.timeout(600)]
 
+# Without a display, both VMs boot the suite's default image (a display adds waypipe).
 CONFIG = """\
 user = "root"
 [vms.alpha]
 color = "red"
+gpu = false
 [vms.beta]
 color = "blue"
+gpu = false
 """
 
 
