@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vmsilo import systemd
 from vmsilo.protocol.wayland import CLAIM, CLAIM_WAIT_SECONDS
 
-LISTEN_FD = 3
 DISPLAY = "wayland-0"
 RUNTIME_WAIT_SECONDS = 60.0
 COPY_CHUNK = 65536
@@ -28,16 +28,6 @@ COPY_CHUNK = 65536
 log = logging.getLogger("vmsilo-wayland-guest")
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def notify_ready() -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", address)
 
 
 async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -116,7 +106,7 @@ async def serve(listener: socket.socket, runtime: Path) -> None:
             await asyncio.sleep(0.05)
         if waypipe.poll() is not None:
             raise RuntimeError(f"waypipe exited with {waypipe.returncode}")
-        notify_ready()
+        systemd.notify("READY=1")
         log.info("Wayland display %s ready", runtime / DISPLAY)
         async with host_server, program_server:
             while waypipe.poll() is None:
@@ -130,15 +120,12 @@ async def serve(listener: socket.socket, runtime: Path) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    if os.environ.get("LISTEN_FDS") != "1":
+    listener = systemd.inherited_listener()
+    if listener is None:
         print("vmsilo-wayland-guest: expects one socket from systemd", file=sys.stderr)
         return 1
-    listener = socket.socket(fileno=LISTEN_FD)
     runtime = Path(f"/run/user/{os.getuid()}")
-    for _ in range(int(RUNTIME_WAIT_SECONDS * 10)):
-        if runtime.is_dir():
-            break
-        asyncio.run(asyncio.sleep(0.1))
+    systemd.wait_for_path(runtime, RUNTIME_WAIT_SECONDS)
     try:
         asyncio.run(serve(listener, runtime))
     except RuntimeError as exc:

@@ -14,10 +14,10 @@ import logging
 import os
 import pwd
 import signal
-import socket
 import sys
 from pathlib import Path
 
+from vmsilo import systemd
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
 from vmsilo.daemon.dbusproxy import ProxyLauncher
@@ -40,16 +40,6 @@ from vmsilo.network.plan import NetworkPlan, plan_vm
 from vmsilo.shares.service import ShareService
 
 log = logging.getLogger("vmsilod")
-
-
-def notify_systemd(message: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
 
 
 def image_dir_for(name: str, rvm: ResolvedVm, paths: Paths, suite: str, mirror: str,
@@ -177,11 +167,11 @@ class Daemon:
         balloond.ensure_running(self.paths, self.config_path,
                                 list(self.config.vmsilo_balloond.extra_args))
         self._refresh_menu()
-        notify_systemd("READY=1")
+        systemd.notify("READY=1")
         autostart = asyncio.create_task(self.supervisor.autostart())
         await stop.wait()
         autostart.cancel()
-        notify_systemd("STOPPING=1")
+        systemd.notify("STOPPING=1")
         await self.server.close()
         await self.supervisor.shutdown()
         self.dbus_proxies.stop_all()

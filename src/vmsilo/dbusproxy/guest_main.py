@@ -10,33 +10,20 @@ import logging
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
+from vmsilo import systemd
 from vmsilo.dbusproxy.guest import GuestProxy
 
-LISTEN_FD = 3
 BUS_WAIT_SECONDS = 60.0
 
 log = logging.getLogger("vmsilo-dbus-proxy-guest")
 
 
-def notify_ready() -> None:
-    """Tell systemd (Type=notify) that the names are owned: the agent, ordered after this
-    service, then runs programs that find the notification server and the tray watcher."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", address)
-
-
 async def serve(listener: socket.socket, bus_address: str) -> None:
     proxy = GuestProxy(bus_address)
     await proxy.start()
-    notify_ready()
+    systemd.notify("READY=1")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -51,15 +38,12 @@ async def serve(listener: socket.socket, bus_address: str) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    if os.environ.get("LISTEN_FDS") != "1":
+    listener = systemd.inherited_listener()
+    if listener is None:
         print("vmsilo-dbus-proxy-guest: expects one socket from systemd", file=sys.stderr)
         return 1
-    listener = socket.socket(fileno=LISTEN_FD)
     bus = Path(f"/run/user/{os.getuid()}/bus")
-    for _ in range(int(BUS_WAIT_SECONDS * 10)):
-        if bus.exists():
-            break
-        time.sleep(0.1)
+    systemd.wait_for_path(bus, BUS_WAIT_SECONDS)
     asyncio.run(serve(listener, f"unix:path={bus}"))
     return 0
 

@@ -27,7 +27,8 @@ DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # The guest side of vmsilo: copied into every image, and hashed into its digest.
-AGENT_PARTS: tuple[str, ...] = ("__init__.py", "agent", "protocol", "channel", "dbusproxy")
+AGENT_PARTS: tuple[str, ...] = (
+    "__init__.py", "systemd.py", "agent", "protocol", "channel", "dbusproxy")
 # Pure-Python libraries the guest's vmsilo code needs and Debian 12 does not package:
 # copied into the image from this installation (and part of the agent digest).
 GUEST_LIBRARIES: tuple[str, ...] = ("dbus_next",)
