@@ -19,33 +19,15 @@ import sys
 from pathlib import Path
 
 from vmsilo import systemd
+from vmsilo.channel.stream import splice_sockets
 from vmsilo.protocol.wayland import CLAIM, CLAIM_WAIT_SECONDS
 
 DISPLAY = "wayland-0"
 RUNTIME_WAIT_SECONDS = 60.0
-COPY_CHUNK = 65536
 
 log = logging.getLogger("vmsilo-wayland-guest")
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(COPY_CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.write_eof()
-
-
-async def join(a: Stream, b: Stream) -> None:
-    await asyncio.gather(copy(a[0], b[1]), copy(b[0], a[1]))
-    for _, writer in (a, b):
-        writer.close()
 
 
 class Parking:
@@ -89,7 +71,8 @@ async def serve(listener: socket.socket, runtime: Path) -> None:
             writer.close()
             return
         stream[1].write(CLAIM)
-        await join((reader, writer), stream)
+        await splice_sockets(reader, writer, *stream)
+        writer.close()
 
     program_server = await asyncio.start_unix_server(program, path=str(waypipe_socket))
     os.chmod(waypipe_socket, 0o600)

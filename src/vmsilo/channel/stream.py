@@ -79,3 +79,28 @@ class SocketStream:
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
+
+
+SPLICE_CHUNK = 256 * 1024
+
+
+async def splice_sockets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         other_reader: asyncio.StreamReader,
+                         other_writer: asyncio.StreamWriter) -> None:
+    """Copy both ways between two socket connections until either side ends, then close the
+    other connection (the caller owns ``writer``)."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await src.read(SPLICE_CHUNK):
+                dst.write(data)
+                await dst.drain()
+
+    tasks = [asyncio.create_task(pump(reader, other_writer)),
+             asyncio.create_task(pump(other_reader, writer))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        other_writer.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from vmsilo.channel.stream import splice_sockets
 from vmsilo.errors import UserError
 from vmsilo.protocol import control
 from vmsilo.protocol.errors import ProtocolError
@@ -213,22 +214,3 @@ async def splice_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         with contextlib.suppress(BaseException):
             await to_guest
         await stream.close()
-
-
-async def splice_sockets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         other_reader: asyncio.StreamReader,
-                         other_writer: asyncio.StreamWriter) -> None:
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await src.read(CHUNK):
-                dst.write(data)
-                await dst.drain()
-
-    tasks = [asyncio.create_task(pump(reader, other_writer)),
-             asyncio.create_task(pump(other_reader, writer))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        other_writer.close()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmsilo.channel.stream import splice_sockets
 from vmsilo.cli import client
 from vmsilo.errors import UserError
 from vmsilo.protocol import control
@@ -30,27 +31,12 @@ from vmsilo.wayland.protocols import system_tables
 
 RETRY_SECONDS = 1.0
 OPEN_TIMEOUT = 5.0
-COPY_CHUNK = 65536
 
 log = logging.getLogger("vmsilo-wayland")
 
 
 class VmGone(Exception):  # noqa: N818 - not an error: the normal end
     pass
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(COPY_CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        try:
-            writer.write_eof()
-        except (OSError, RuntimeError):
-            writer.close()
 
 
 async def _open_parked(vm: str) -> client.Connection:
@@ -88,8 +74,7 @@ async def _park(vm: str, waypipe_socket: Path, slots: asyncio.Semaphore) -> None
         log.warning("VM %s: waypipe's client half is not reachable: %s", vm, exc)
         conn.writer.close()
         return
-    await asyncio.gather(_copy(conn.reader, writer), _copy(reader, conn.writer))
-    writer.close()
+    await splice_sockets(conn.reader, conn.writer, reader, writer)
     conn.writer.close()
 
 
