@@ -8,7 +8,6 @@ that user's session bus; it is stopped when the VM stops. Without a session bus 
 tests' lives where the desktop user cannot reach it).
 """
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -71,15 +70,8 @@ class ProxyLauncher:
 
     def stop(self, name: str) -> None:
         process = self.running.pop(name, None)
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
-            if process.poll() is None:
-                process.kill()
-        process.wait()
+        if process is not None:
+            proc.stop(process)
 
     def stop_all(self) -> None:
         for name in list(self.running):

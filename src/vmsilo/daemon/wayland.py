@@ -15,15 +15,15 @@ D-Bus proxy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from vmsilo.config import ResolvedVm
 from vmsilo.host import proc
@@ -52,6 +52,7 @@ class WaylandLauncher:
         self.paths = paths
         self.owner = owner
         self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self.starting: dict[str, asyncio.Task[None]] = {}
         self._said: set[str] = set()
 
     def _once(self, key: str, message: str, *args: object) -> None:
@@ -63,12 +64,25 @@ class WaylandLauncher:
         return self.paths.vm_runtime_dir(name) / "wayland"
 
     def start(self, rvm: ResolvedVm) -> None:
+        """Bring the VM's Wayland path up in the background: the security-context helper
+        talks to the compositor, and a slow or stuck compositor must not hold vmsilod up."""
         if not rvm.vm.gpu.wayland:
             return
         current = self.running.get(rvm.name)
-        if current and all(p.poll() is None for p in current):
+        if rvm.name in self.starting or (current and all(p.poll() is None for p in current)):
             return
         self.stop(rvm.name)
+        task = asyncio.create_task(self._bring_up(rvm))
+        self.starting[rvm.name] = task
+        task.add_done_callback(lambda done: self._started(rvm.name, done))
+
+    def _started(self, name: str, task: asyncio.Task[None]) -> None:
+        if self.starting.get(name) is task:
+            del self.starting[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("VM %s: the Wayland path did not come up: %s", name, task.exception())
+
+    async def _bring_up(self, rvm: ResolvedVm) -> None:
         uid, gid = self.owner if self.owner is not None else (os.getuid(), os.getgid())
         compositor = find_compositor(uid)
         if compositor is None:
@@ -87,65 +101,59 @@ class WaylandLauncher:
         log_dir.mkdir(parents=True, exist_ok=True)
         python = os.environ.get("VMSILO_HELPER_PYTHON", sys.executable)
         as_user: dict[str, Any] = ({"user": uid, "group": gid, "extra_groups": []}
-                   if self.owner is not None else {})
+                                   if self.owner is not None else {})
         env = {"VMSILO_CONTROL_SOCKET": str(self.paths.control_socket)}
-        processes: list[subprocess.Popen[bytes]] = []
+        processes = self.running.setdefault(rvm.name, [])
         with open(log_dir / "wayland.log", "ab") as log_file:
+            seccontext = proc.spawn(
+                [python, "-m", "vmsilo.wayland.seccontext", "--display", str(compositor),
+                 "--socket", str(directory / "seccontext.sock"), "--vm", rvm.name,
+                 "--app-id", security_context_app_id(rvm.name, rvm.vm.colour_rgb)],
+                stdout=subprocess.PIPE, stderr=log_file, env=env, **as_user)
+            processes.append(seccontext)
             upstream = compositor
-            seccontext = self._security_context(rvm, python, compositor, directory, env,
-                                                as_user, log_file)
-            if seccontext is not None:
-                processes.append(seccontext)
+            if await self._security_context(rvm.name, seccontext):
                 upstream = directory / "seccontext.sock"
+            # No wait between the two: waypipe connects to the filter only for a guest program,
+            # which arrives on a stream the host half parks after its filter listens.
             processes.append(proc.spawn(
                 [python, "-m", "vmsilo.wayland.host_main", "--vm", rvm.name,
                  "--dir", str(directory), "--upstream", str(upstream)],
                 stdout=log_file, stderr=log_file, env=env, **as_user))
-            for _ in range(100):  # the filter listens before waypipe may connect to it
-                if (directory / "filter.sock").exists():
-                    break
-                time.sleep(0.05)
             processes.append(proc.spawn(
                 [waypipe, "--no-gpu", "--socket", str(directory / "waypipe.sock"), "client"],
                 stdout=log_file, stderr=log_file,
                 env={"XDG_RUNTIME_DIR": str(directory),
                      "WAYLAND_DISPLAY": str(directory / "filter.sock")}, **as_user))
-        self.running[rvm.name] = processes
         log.info("VM %s: Wayland path up (compositor %s%s)", rvm.name, compositor,
-                 ", security context" if seccontext is not None else "")
+                 ", security context" if upstream != compositor else "")
 
-    def _security_context(self, rvm: ResolvedVm, python: str, compositor: Path,
-                          directory: Path, env: dict[str, str], as_user: dict[str, Any],
-                          log_file: IO[bytes]) -> subprocess.Popen[bytes] | None:
-        app_id = security_context_app_id(rvm.name, rvm.vm.colour_rgb)
-        process = proc.spawn(
-            [python, "-m", "vmsilo.wayland.seccontext", "--display", str(compositor),
-             "--socket", str(directory / "seccontext.sock"), "--vm", rvm.name,
-             "--app-id", app_id],
-            stdout=subprocess.PIPE, stderr=log_file, env=env, **as_user)
+    async def _security_context(self, name: str, process: subprocess.Popen[bytes]) -> bool:
+        """True once the helper reports ``ready``; otherwise it has ended (or is ended)."""
         assert process.stdout is not None
-        line = process.stdout.readline().decode(errors="replace").strip()
-        if line == "ready":
-            return process
-        process.wait(SECCONTEXT_WAIT_SECONDS)
-        if line == "unsupported":
+        try:
+            line = (await asyncio.wait_for(asyncio.to_thread(process.stdout.readline),
+                                           SECCONTEXT_WAIT_SECONDS)).decode(errors="replace")
+        except TimeoutError:
+            line = "no answer from the compositor"
+        if line.strip() == "ready":
+            return True
+        proc.stop(process)
+        if line.strip() == "unsupported":
             self._once("seccontext", "the compositor has no security-context protocol: VM "
                        "windows connect to it directly (still through vmsilo's filter)")
         else:
-            log.warning("VM %s: no security context (%s); connecting directly", rvm.name,
-                        line or f"exit {process.returncode}")
-        return None
+            log.warning("VM %s: no security context (%s); connecting directly", name,
+                        line.strip() or f"exit {process.returncode}")
+        return False
 
     def stop(self, name: str) -> None:
+        task = self.starting.pop(name, None)
+        if task is not None:
+            task.cancel()
         for process in reversed(self.running.pop(name, [])):
-            if process.poll() is None:
-                process.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(5)
-                if process.poll() is None:
-                    process.kill()
-            process.wait()
+            proc.stop(process)
 
     def stop_all(self) -> None:
-        for name in list(self.running):
+        for name in list(self.running) + list(self.starting):
             self.stop(name)

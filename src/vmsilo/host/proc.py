@@ -163,3 +163,14 @@ def spawn(
         )
     except FileNotFoundError as exc:
         raise ProcessError(argv, None, reason=f"command not found ({exc.filename})") from exc
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """End a child started with ``spawn``: SIGTERM, ``grace`` seconds, then SIGKILL; reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
