@@ -60,6 +60,8 @@ class Output:
 
 @dataclass
 class _Direction:
+    who: str  # for messages: "the VM" or "the compositor"
+    events: bool  # what this side sends: events (the compositor) or requests (the VM)
     buffer: bytearray = field(default_factory=bytearray)
     fds: deque[int] = field(default_factory=deque)
 
@@ -91,8 +93,8 @@ class Session:
         self.hidden: set[str] = set()  # interfaces not offered (for the log)
         self.toplevels = 0
         self.messages = 0
-        self._client = _Direction()
-        self._server = _Direction()
+        self._client = _Direction("the VM", events=False)
+        self._server = _Direction("the compositor", events=True)
         self._broken: str | None = None
 
     # -- input -------------------------------------------------------------------------------
@@ -135,10 +137,13 @@ class Session:
                 check_size(size)
                 if len(view) - pos < size:
                     break
-                if not handle(object_id, opcode, view[pos:pos + size], direction.fds, out,
-                              probe=True):
+                interface, version = self._lookup(object_id, direction.who)
+                message = self._message(interface, opcode, direction.events, version,
+                                        direction.who)
+                if len(direction.fds) < message.fd_count:
                     break  # its file descriptors have not arrived yet
-                handle(object_id, opcode, view[pos:pos + size], direction.fds, out, probe=False)
+                handle(object_id, opcode, interface, version, message, view[pos:pos + size],
+                       direction.fds, out)
                 pos += size
                 self.messages += 1
         except BaseException as exc:
@@ -187,12 +192,9 @@ class Session:
 
     # -- client → compositor -----------------------------------------------------------------
 
-    def _client_message(self, object_id: int, opcode: int, raw: memoryview, fds: deque[int],
-                        out: Output, probe: bool) -> bool:
-        interface, version = self._lookup(object_id, "the VM")
-        message = self._message(interface, opcode, False, version, "the VM")
-        if probe:
-            return len(fds) >= message.fd_count
+    def _client_message(self, object_id: int, _opcode: int, interface: Interface,
+                        version: int, message: Message, raw: memoryview, fds: deque[int],
+                        out: Output) -> None:
         taken, args = _decode(message, raw, fds)
         try:
             self._client_checked(object_id, interface, version, message, args, raw, taken, out)
@@ -200,7 +202,6 @@ class Session:
             for fd in taken:
                 os.close(fd)
             raise
-        return True
 
     def _client_checked(self, object_id: int, interface: Interface, version: int,
                         message: Message, args: list[Any], raw: memoryview, taken: list[int],
@@ -220,7 +221,7 @@ class Session:
                     self._create(value, arg.interface, version, "the VM", server=False)
         if message.destructor and object_id >= SERVER_ID_START:
             self.objects.pop(object_id, None)  # compositor-made: no delete_id will come
-        rewritten = self._rewrite_request(name, object_id, args, out)
+        rewritten = self._rewrite_request(name, args)
         if rewritten is None:
             out.add(raw, taken)
         else:
@@ -248,8 +249,8 @@ class Session:
                 return opcode, message
         raise KeyError(f"{interface}.{name}")
 
-    def _rewrite_request(self, name: str, object_id: int, args: list[Any],
-                         out: Output) -> tuple[int, Message, list[Any]] | None:
+    def _rewrite_request(self, name: str,
+                         args: list[Any]) -> tuple[int, Message, list[Any]] | None:
         if name == "xdg_toplevel.set_title":
             opcode, message = self._request("xdg_toplevel", "set_title")
             return opcode, message, [policy.window_title(self.vm, args[0])]
@@ -273,12 +274,9 @@ class Session:
 
     # -- compositor → client -----------------------------------------------------------------
 
-    def _server_message(self, object_id: int, opcode: int, raw: memoryview, fds: deque[int],
-                        out: Output, probe: bool) -> bool:
-        interface, version = self._lookup(object_id, "the compositor")
-        message = self._message(interface, opcode, True, version, "the compositor")
-        if probe:
-            return len(fds) >= message.fd_count
+    def _server_message(self, object_id: int, opcode: int, interface: Interface,
+                        version: int, message: Message, raw: memoryview, fds: deque[int],
+                        out: Output) -> None:
         taken, args = _decode(message, raw, fds)
         name = f"{interface.name}.{message.name}"
         for arg, value in zip(message.args, args, strict=True):
@@ -288,11 +286,10 @@ class Session:
             self.objects.pop(args[0], None)
         elif name == "wl_registry.global":
             self._offer(object_id, opcode, message, args, out)
-            return True
+            return
         elif name == "wl_registry.global_remove" and self.globals.pop(args[0], None) is None:
-            return True  # a hidden one: the VM never heard of it
+            return  # a hidden one: the VM never heard of it
         out.add(raw, taken)
-        return True
 
     def _offer(self, registry: int, opcode: int, message: Message, args: list[Any],
                out: Output) -> None:
