@@ -5,12 +5,7 @@ from pathlib import Path
 
 from vmsilo.testing.wayland import request
 from vmsilo.wayland.protocols import load_tables
-from vmsilo.wayland.wire import NewId
-
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+from vmsilo.wayland.wire import Fd, NewId
 
 
 def main() -> None:
@@ -21,7 +16,7 @@ def main() -> None:
         "title": b"\0" + request(t, 7, "xdg_toplevel", "set_title", "a window \u202e title")
         + request(t, 7, "xdg_toplevel", "set_app_id", "org.example.App"),
         "shm_pool": b"\1" + request(t, 2, "wl_registry", "bind", 2, NewId(8, "wl_shm", 1))
-        + request(t, 8, "wl_shm", "create_pool", NewId(9), _Fd(0), 4096)
+        + request(t, 8, "wl_shm", "create_pool", NewId(9), Fd(0), 4096)
         + request(t, 9, "wl_shm_pool", "create_buffer", NewId(10), 0, 16, 16, 64, 0),
         "decoration": b"\0" + request(t, 2, "wl_registry", "bind", 5,
                                       NewId(8, "zxdg_decoration_manager_v1", 1))

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from pathlib import Path
 from tests.support.images import image_paths
 
 BIN = Path(sys.executable).parent
+
+# Helpers vmsilod runs as the desktop user (`nobody` in the tests) cannot reach the suite's
+# own interpreter where it lives under /root: they run with the system's, on this checkout and
+# the suite's installed packages.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+SRC = Path(__file__).resolve().parents[2] / "src"
+HELPER_ENV = {"PYTHONPATH": f"{SRC}:{sysconfig.get_paths()['purelib']}"}
 
 
 @dataclass

@@ -6,21 +6,16 @@ reaches the program in the guest."""
 import json
 import os
 import subprocess
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import RunningDaemon
+from tests.support.daemon import HELPER_ENV, SYSTEM_PYTHON, RunningDaemon
 from tests.support.dbus import start_bus
 
 NOBODY = 65534
 SUPPORT = Path(__file__).parents[1] / "support"
-# The suite's own interpreter may live where `nobody` cannot reach it (see test_user_mode).
-SYSTEM_PYTHON = "/usr/bin/python3"
-SRC = Path(__file__).resolve().parents[2] / "src"
-AS_NOBODY_ENV = {"PYTHONPATH": f"{SRC}:{sysconfig.get_paths()['purelib']}"}
 
 CONFIG = """
 enable = true
@@ -73,12 +68,12 @@ def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
     received = bus_dir / "notifications.jsonl"
     server = None
     try:
-        server = subprocess.Popen([SYSTEM_PYTHON, str(SUPPORT / "notification_server.py"),
+        server = subprocess.Popen([str(SYSTEM_PYTHON), str(SUPPORT / "notification_server.py"),
                                    address, str(received)], stdout=subprocess.PIPE,
-                                  cwd="/", env={**os.environ, **AS_NOBODY_ENV}, **as_nobody)
+                                  cwd="/", env={**os.environ, **HELPER_ENV}, **as_nobody)
         assert server.stdout is not None and server.stdout.readline() == b"ready\n"
         daemon.extra_env.update({"VMSILO_HOST_SESSION_BUS": address,
-                                 "VMSILO_HELPER_PYTHON": SYSTEM_PYTHON, **AS_NOBODY_ENV})
+                                 "VMSILO_HELPER_PYTHON": str(SYSTEM_PYTHON), **HELPER_ENV})
         daemon.start()
         yield daemon, received
     finally:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import HELPER_ENV, SYSTEM_PYTHON
 from tests.support.images import image_paths
 
 pytestmark = pytest.mark.timeout(600)
 
 NOBODY = 65534
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-SRC = Path(__file__).resolve().parents[2] / "src"
 CONFIG = """
 enable = true
 user = "nobody"
@@ -52,7 +50,7 @@ class UserSession:
         self.env = {
             "HOME": str(home),
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "PYTHONPATH": f"{SRC}:{sysconfig.get_paths()['purelib']}",
+            **HELPER_ENV,
             "VMSILO_CONFIG": str(self.config),
             "VMSILO_IMAGE_DIR": str(image_paths().image_dir),
             "XDG_RUNTIME_DIR": str(home / "runtime"),

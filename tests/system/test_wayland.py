@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import RunningDaemon
+from tests.support.daemon import HELPER_ENV, SYSTEM_PYTHON, RunningDaemon
 from tests.support.images import build_image_for
 
 pytestmark = pytest.mark.skipif(
@@ -24,9 +23,6 @@ pytestmark = pytest.mark.skipif(
     reason="weston and waypipe are needed")
 
 NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"
-SRC = Path(__file__).resolve().parents[2] / "src"
-HELPER_ENV = {"PYTHONPATH": f"{SRC}:{sysconfig.get_paths()['purelib']}"}
 
 CONFIG = """
 enable = true
@@ -92,7 +88,7 @@ def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
                 break
             time.sleep(0.05)
         daemon.extra_env.update({"VMSILO_HOST_WAYLAND_DISPLAY": str(runtime / "wayland-1"),
-                                 "VMSILO_HELPER_PYTHON": SYSTEM_PYTHON, **HELPER_ENV})
+                                 "VMSILO_HELPER_PYTHON": str(SYSTEM_PYTHON), **HELPER_ENV})
         daemon.start()
         yield daemon, log
     finally:

@@ -11,7 +11,7 @@ from vmsilo.testing.wayland import event, request
 from vmsilo.wayland import policy
 from vmsilo.wayland.protocols import load_tables
 from vmsilo.wayland.session import Output, Session, ViolationError
-from vmsilo.wayland.wire import HEADER, NewId, decode_args, split_header
+from vmsilo.wayland.wire import HEADER, Fd, NewId, decode_args, split_header
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/wayland/wayland.xml").exists()
@@ -167,7 +167,7 @@ def test_descriptors_travel_with_their_message_and_wait_for_it(session: Session)
                                 NewId(3, "wl_shm", 1)), [])
     read_end, write_end = os.pipe()
     os.close(write_end)
-    create_pool = request(TABLES, 3, "wl_shm", "create_pool", NewId(4), _Fd(read_end), 4096)
+    create_pool = request(TABLES, 3, "wl_shm", "create_pool", NewId(4), Fd(read_end), 4096)
     # the message comes before its descriptor: nothing goes out yet
     assert session.from_client(create_pool, []).messages == []
     out = session.from_client(b"", [read_end])
@@ -183,8 +183,3 @@ def test_unclaimed_descriptors_are_capped(session: Session) -> None:
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
-
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
