@@ -30,7 +30,10 @@ READ_SIZE = 65536
 # attaches more to one send loses them on the receiving side.
 MAX_FDS_PER_SEND = 28
 MAX_CONNECTIONS = 64
-_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_SEND * 4 * 4)
+# Room to receive more than a well-behaved peer sends in one go (a batch that still does not
+# fit is cut by the kernel, MSG_CTRUNC, and treated as a violation).
+MAX_FDS_PER_RECEIVE = 4 * MAX_FDS_PER_SEND
+_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_RECEIVE * 4)  # 4 bytes per descriptor
 
 
 def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
