@@ -97,7 +97,9 @@ def boot_and_probe(console: Console, hostname: str) -> str:
     """Wait for the autologin shell, write a file to /, print facts, power off."""
     console.wait_for(r"vmsilo-init: switching root to /sbin/init")
     console.wait_for(r"Welcome to .*Debian")
-    console.wait_for(rf"{hostname} login: root \(automatic login\)")
+    # Kernel messages share the console and may land inside the prompt
+    # ("tmpvm [ 10.61] ata5: ...\nlogin: root ..."): allow whole kernel lines in between.
+    console.wait_for(rf"{hostname} (?:\[ *\d+\.\d+\][^\n]*\n)*login: root \(automatic login\)")
     console.wait_for(rf"root@{hostname}:~# ")
     # Output is built by the shell ($(...)) so that the echoed command line never matches.
     console.type(
