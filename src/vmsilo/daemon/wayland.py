@@ -33,6 +33,15 @@ from vmsilo.wayland.policy import security_context_app_id
 log = logging.getLogger(__name__)
 
 SECCONTEXT_WAIT_SECONDS = 10.0
+FILTER_WAIT_SECONDS = 10.0
+
+
+async def _appears(path: Path, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if path.exists():
+            return True
+        await asyncio.sleep(0.05)
+    return path.exists()
 
 
 def find_compositor(uid: int) -> Path | None:
@@ -114,12 +123,14 @@ class WaylandLauncher:
             upstream = compositor
             if await self._security_context(rvm.name, seccontext):
                 upstream = directory / "seccontext.sock"
-            # No wait between the two: waypipe connects to the filter only for a guest program,
-            # which arrives on a stream the host half parks after its filter listens.
             processes.append(proc.spawn(
                 [python, "-m", "vmsilo.wayland.host_main", "--vm", rvm.name,
                  "--dir", str(directory), "--upstream", str(upstream)],
                 stdout=log_file, stderr=log_file, env=env, **as_user))
+            # waypipe's client half connects to its display as it starts, and gives up if
+            # nothing listens there yet: the filter must be listening first.
+            if not await _appears(directory / "filter.sock", FILTER_WAIT_SECONDS):
+                log.warning("VM %s: the Wayland filter did not start; see wayland.log", rvm.name)
             processes.append(proc.spawn(
                 [waypipe, "--no-gpu", "--socket", str(directory / "waypipe.sock"), "client"],
                 stdout=log_file, stderr=log_file,

@@ -31,6 +31,7 @@ from vmsilo.wayland.protocols import system_tables
 
 RETRY_SECONDS = 1.0
 OPEN_TIMEOUT = 5.0
+WAYPIPE_WAIT_SECONDS = 30.0
 
 log = logging.getLogger("vmsilo-wayland")
 
@@ -79,7 +80,14 @@ async def _park(vm: str, waypipe_socket: Path, slots: asyncio.Semaphore) -> None
 
 
 async def bridge(vm: str, waypipe_socket: Path) -> None:
-    """Keep PARKED streams parked in the guest until the VM stops."""
+    """Keep PARKED streams parked in the guest until the VM stops. Only once waypipe's client
+    half listens: a guest program claims a stream at once, and its connection goes there."""
+    for _ in range(int(WAYPIPE_WAIT_SECONDS / 0.05)):
+        if waypipe_socket.exists():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        log.warning("VM %s: waypipe's client half does not listen on %s", vm, waypipe_socket)
     slots = asyncio.Semaphore(PARKED)
     gone = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
