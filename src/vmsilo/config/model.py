@@ -49,7 +49,8 @@ LogLevel = Literal["error", "warn", "info", "debug", "trace"]
 HOST_NETVM = "host"
 # vsock reserves CIDs 0-2 and 0xffffffff; ids double as CIDs.
 FIRST_VM_ID = 3
-LAST_VM_ID = 0xFFFFFFFE
+# Each VM also gets a block of host ids (host/ids.py), which bounds the ids.
+LAST_VM_ID = 4095
 
 
 class ConfigModel(BaseModel):
