@@ -1,8 +1,8 @@
 """The host uids and gids vmsilo gives each VM: one block of 65,536 ids per VM, derived from
 the VM's id (a pure function, like every derived identity).
 
-Block of VM ``id``: ``ID_BASE + id * BLOCK_SIZE`` (VM ids are 3–4095, so every block lies
-inside systemd's container range, 0x80000–0x6FFFFFFF, see systemd's "Users, Groups, UIDs and
+Block of VM ``id``: ``ID_BASE + id * BLOCK_SIZE`` (VM ids are 3-4095, so every block lies
+inside systemd's container range, 0x80000-0x6FFFFFFF, see systemd's "Users, Groups, UIDs and
 GIDs on systemd Systems"). Inside it:
 
 - offset ``g`` (0 ≤ g < 65535) is what guest id ``g`` becomes on the host when virtiofsd

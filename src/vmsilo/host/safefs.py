@@ -30,7 +30,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_LIMIT = 4 * 1024 * 1024
 
 
-class UnsafePath(UserError):
+class UnsafePath(UserError):  # noqa: N818 - reads as the condition it reports
     """A path root was asked to work in is not root's (or ours) alone."""
 
 

@@ -52,8 +52,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Sandbox:
-    uid: int
-    gid: int
+    uid: int | None  # None: stay who we are (vmsilod without root; bubblewrap then makes a
+    gid: int | None  # user namespace itself)
     ro_binds: tuple[Path, ...] = ()  # shown read-only at the same path
     rw_binds: tuple[Path, ...] = ()  # shown writable at the same path
     dev_binds: tuple[Path, ...] = ()  # device nodes (e.g. /dev/kvm)
@@ -82,11 +82,22 @@ class Sandbox:
                 argv += ["--symlink", os.readlink(path), name]
             elif path.is_dir():
                 argv += ["--ro-bind", name, name]
+        # bubblewrap makes missing parents of a bind mode 0700 (root's): the unprivileged
+        # command could not reach what is bound below them.
+        made: set[Path] = set()
+        for path in (*map(Path, SYSTEM_FILES), *self.ro_binds, *self.rw_binds,
+                     *self.dev_binds, *self.tmpfs):
+            for parent in reversed(path.parents):
+                if parent != Path("/") and parent not in made and str(parent) not in (
+                        "/dev", "/proc", "/usr"):
+                    made.add(parent)
+                    argv += ["--perms", "0755", "--dir", str(parent)]
         for name in SYSTEM_FILES:
             argv += ["--ro-bind-try", name, name]
         argv += ["--proc", "/proc", "--dev", "/dev"]
         for path in self.tmpfs:
-            argv += ["--tmpfs", str(path)]
+            # Writable by the command (the only user inside), sticky as /tmp is.
+            argv += ["--perms", "1777", "--tmpfs", str(path)]
         for path in self.ro_binds:
             argv += ["--ro-bind", str(path), str(path)]
         for path in self.rw_binds:
@@ -99,10 +110,15 @@ class Sandbox:
         if info_fd is not None:
             argv += ["--info-fd", str(info_fd)]
         argv += ["--", "prlimit", *self.limits.prlimit_args(), "--",
-                 "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                 "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
+                 "setpriv", *self._identity(), "--inh-caps=-all", "--ambient-caps=-all",
+                 "--bounding-set=-all",
                  "--no-new-privs", "--", *command]
         return argv
+
+    def _identity(self) -> list[str]:
+        if self.uid is None or self.gid is None:
+            return []
+        return [f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
 
 
 def read_child_pid(fd: int, timeout: float = 10.0) -> int:
