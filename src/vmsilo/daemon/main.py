@@ -22,16 +22,18 @@ from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
 from vmsilo.daemon.dbusproxy import ProxyLauncher
 from vmsilo.daemon.plan import launch_spec
-from vmsilo.daemon.runstate import Runstate
+from vmsilo.daemon.resources import RUN_ROOT_MODE
 from vmsilo.daemon.server import ControlServer
 from vmsilo.daemon.supervisor import Supervisor
-from vmsilo.daemon.vm import Timeouts, VmController
+from vmsilo.daemon.vm import ExpectedPaths, Timeouts, VmController
 from vmsilo.daemon.wayland import WaylandLauncher
 from vmsilo.desktop.menu import refresh_quietly
 from vmsilo.errors import UserError
+from vmsilo.host import ids
 from vmsilo.host.paths import Mode, Paths
+from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import Backend
-from vmsilo.hypervisor.qemu import QemuBackend
+from vmsilo.hypervisor.qemu import QemuBackend, VmmJail
 from vmsilo.hypervisor.spec import LaunchSpec
 from vmsilo.image import manifest
 from vmsilo.image.spec import agent_digest, spec_for_vm
@@ -85,6 +87,8 @@ class Daemon:
         self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
                                    else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
+        if paths.mode is Mode.SYSTEM:
+            check_id_blocks(self.resolved)
         self.supervisor = Supervisor(self.resolved, self._controller, self._reload)
         self.server = ControlServer(self.supervisor, paths.control_socket, self.allowed_uids,
                                     self.group)
@@ -92,7 +96,10 @@ class Daemon:
     def _reload(self) -> Resolved:
         loaded = load_config(self.config_path)
         self.config = loaded.config
-        self.resolved = resolve(loaded.config)
+        resolved = resolve(loaded.config)
+        if self.paths.mode is Mode.SYSTEM:
+            check_id_blocks(resolved)
+        self.resolved = resolved
         self._refresh_menu()
         return self.resolved
 
@@ -138,24 +145,29 @@ class Daemon:
     def _controller(self, rvm: ResolvedVm) -> VmController:
         backend = self.backends.get(rvm.vm.hypervisor, self.backends["qemu"])
         network = self._network_plan if self.paths.mode is Mode.SYSTEM else None
-        return VmController(rvm, backend, self._plan, owner=self.owner,
+        return VmController(rvm, backend, self._plan, jail=self._jail,
+                            log_group=self.group if self.paths.mode is Mode.SYSTEM else None,
                             timeouts=self.timeouts, network=network, shares=self.shares,
-                            on_state=self._on_state)
+                            helpers=(self.dbus_proxies, self.wayland),
+                            expected_paths=self._expected_paths)
 
-    async def _on_state(self, vm: VmController) -> None:
-        # The D-Bus proxy and the Wayland path follow the VM: up while it runs, down otherwise.
-        if vm.state is Runstate.RUNNING:
-            self.dbus_proxies.start(vm.resolved)
-            self.wayland.start(vm.resolved)
-        elif vm.state in (Runstate.STOPPED, Runstate.FAILED, Runstate.STOPPING):
-            self.dbus_proxies.stop(vm.name)
-            self.wayland.stop(vm.name)
+    def _jail(self, rvm: ResolvedVm) -> VmmJail:
+        """The VMM's own uid and gid (``host/ids.py``); in user mode, vmsilod's user."""
+        if self.paths.mode is Mode.USER:
+            return VmmJail(None, None)
+        return VmmJail(ids.vmm_id(rvm.cid), ids.vmm_id(rvm.cid))
+
+    def _expected_paths(self, name: str) -> ExpectedPaths:
+        return ExpectedPaths(self.paths.vm_log_dir(name), self.paths.overlay_disk(name))
 
     async def run(self, stop: asyncio.Event) -> None:
         if await _daemon_answers(self.paths.control_socket):
             raise UserError(f"vmsilod is already running (control socket "
                             f"{self.paths.control_socket})")
-        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        # The run directory must be ours alone (in user mode without XDG_RUNTIME_DIR it is in
+        # /tmp, where another user could have made it first: refused, with the fix).
+        Dir.secure(self.paths.run_dir, mode=RUN_ROOT_MODE if self.paths.mode is Mode.SYSTEM
+                   else 0o700).close()
         accel = getattr(self.backends["qemu"], "accel", None)
         if accel is not None:
             log.info("QEMU accelerator: %s", accel.describe())
@@ -176,6 +188,19 @@ class Daemon:
         await self.supervisor.shutdown()
         self.dbus_proxies.stop_all()
         self.wayland.stop_all()
+
+
+def check_id_blocks(resolved: Resolved) -> None:
+    """No host account may hold an id of a VM's block (``host/ids.py``): its VMM, or files
+    its guest made in a shared folder, would be that account's."""
+    clashes = ids.accounts_in_blocks([rvm.cid for rvm in resolved.vms.values()])
+    if clashes:
+        raise UserError(
+            "host accounts use ids that vmsilo reserves for VMs: "
+            + "; ".join(f"{kind} {name} ({number}) is in the block of VM id {vm_id}"
+                        for kind, name, number, vm_id in clashes)
+            + f"; give those accounts other ids (vmsilo uses {ids.ID_BASE:#x} + "
+            f"id * {ids.BLOCK_SIZE:#x})")
 
 
 async def _daemon_answers(path: Path) -> bool:

@@ -1,8 +1,15 @@
-"""Host resources a VM holds while it runs: its runtime directory and its overlay disk.
+"""Host resources a VM holds while it runs, all in vmsilod's own directories.
 
-Each ``acquire_*`` function makes one resource and returns how to release it; ``release_*``
-functions work from the launch spec alone, so a re-adopted VM (whose start happened in an
-earlier vmsilod) is cleaned up exactly like one started now.
+- runtime directory ``<run>/<vm>/``: root's, mode 0700, made fresh at each start; it holds the
+  launch spec, the network record, the processes' identities and the sockets vmsilod binds
+  for the VMM (QMP, balloon QMP, console, channel) and for virtiofsd;
+- log directory ``<logs>/<vm>/``: root's, mode 0750 with the desktop user's group (they may
+  read their VMs' logs, never write or replace them); files 0640;
+- overlay disk ``<state>/<vm>/overlay.raw``: root's, mode 0600; the VMM gets descriptors.
+
+Every file is opened relative to its directory's descriptor without following links
+(``host/safefs.py``); nothing is ever chowned to the desktop user. Release works from the
+launch spec alone, so a re-adopted VM is cleaned up exactly like one started now.
 """
 
 from __future__ import annotations
@@ -11,87 +18,109 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 from vmsilo.errors import UserError
+from vmsilo.host import safefs
+from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.spec import LaunchSpec, OverlayKind, spec_to_json
 
 # The guest formats the overlay with ext4 at first boot and needs room for its metadata and
 # the first writes; below this much free space the start is refused instead of failing later
 # inside the guest with I/O errors.
 OVERLAY_MIN_FREE = 256 * 1024 * 1024
+RUNTIME_MODE = 0o700
+LOG_DIR_MODE = 0o750
+LOG_FILE_MODE = 0o640
+STATE_MODE = 0o700
+RUN_ROOT_MODE = 0o755  # the control socket lives here: the desktop user must reach it
+
+SPEC_FILE = "launch.json"
+CID_FILE = "cid"
+PROCESSES_FILE = "processes.json"  # identities of the VMM and its jail (host/procid.py)
 
 
-def acquire_runtime_dir(spec: LaunchSpec, owner: tuple[int, int] | None) -> None:
-    runtime = spec.layout.runtime_dir
-    if runtime.exists():  # leftovers of a VM that died without cleanup
-        shutil.rmtree(runtime)
-    runtime.mkdir(parents=True, mode=0o750)
-    if owner is not None:
-        os.chown(runtime, *owner)
-    spec.layout.cid_file.write_text(f"{spec.cid}\n")
-    _rotate_logs(spec, owner)
-    spec.layout.spec_file.write_text(json.dumps(spec_to_json(spec), indent=1))
+def acquire_runtime_dir(spec: LaunchSpec) -> Dir:
+    """The VM's runtime directory, empty but for its cid and launch spec."""
+    runtime_dir = spec.layout.runtime_dir
+    with Dir.secure(runtime_dir.parent, mode=RUN_ROOT_MODE) as parent:
+        runtime = parent.sub(runtime_dir.name, mode=RUNTIME_MODE, fresh=True)
+    try:
+        runtime.write_atomic(CID_FILE, f"{spec.cid}\n", mode=0o644)
+        runtime.write_atomic(SPEC_FILE, json.dumps(spec_to_json(spec), indent=1))
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime
 
 
-def _rotate_logs(spec: LaunchSpec, owner: tuple[int, int] | None) -> None:
-    """Each start gets fresh logs; the previous start's are kept as ``*.log.1``."""
-    log_dir = spec.layout.log_dir
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if owner is not None:
-        os.chown(log_dir, *owner)
-    for log in (spec.layout.console_log, spec.layout.vmm_log):
-        if log.exists():
-            log.replace(log.with_name(log.name + ".1"))
+def open_runtime_dir(runtime_dir: Path) -> Dir:
+    """An existing runtime directory (``FileNotFoundError`` if there is none)."""
+    return Dir.secure(runtime_dir, mode=RUNTIME_MODE, create=False)
 
 
 def release_runtime_dir(spec: LaunchSpec) -> None:
-    shutil.rmtree(spec.layout.runtime_dir, ignore_errors=True)
+    safefs.remove_tree(spec.layout.runtime_dir)
 
 
-def acquire_overlay(spec: LaunchSpec, owner: tuple[int, int] | None) -> None:
+def release_runtime_dir_at(runtime_dir: Path) -> None:
+    """Remove a runtime directory whose launch spec could not be used."""
+    safefs.remove_tree(runtime_dir)
+
+
+def open_log_dir(spec: LaunchSpec, group: int | None) -> Dir:
+    """The VM's log directory, readable by ``group`` (the desktop user's) when given."""
+    logs = Dir.secure(spec.layout.log_dir, mode=LOG_DIR_MODE)
+    if group is not None and os.geteuid() == 0:
+        os.fchown(logs.fd, 0, group)
+        os.fchmod(logs.fd, LOG_DIR_MODE)
+    return logs
+
+
+def open_log(logs: Dir, name: str, group: int | None, *, rotate: bool = False) -> int:
+    """A log file for appending (a descriptor to hand to a child). With ``rotate`` the
+    previous one is kept as ``<name>.1`` and a new one begun."""
+    if rotate and logs.exists(name):
+        logs.rename(name, f"{name}.1")
+    fd = logs.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+    if group is not None and os.geteuid() == 0:
+        os.fchown(fd, 0, group)
+        os.fchmod(fd, LOG_FILE_MODE)
+    return fd
+
+
+def acquire_overlay(spec: LaunchSpec) -> None:
     """A blank sparse file of the overlay's size: every start begins with an empty root
     overlay, so nothing written in a previous run survives."""
     if spec.overlay is not OverlayKind.DISK or spec.overlay_disk is None:
         return
     path = spec.overlay_disk.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stat = os.statvfs(path.parent)
-    free = stat.f_bavail * stat.f_frsize
-    if free < OVERLAY_MIN_FREE:
-        raise UserError(
-            f"VM {spec.name}: only {free // (1024 * 1024)} MiB free in {path.parent} for the "
-            f"root overlay (at least {OVERLAY_MIN_FREE // (1024 * 1024)} MiB needed); free "
-            'some space or set rootOverlay.type = "tmpfs"'
-        )
-    path.unlink(missing_ok=True)
-    try:
-        with open(path, "xb") as disk:
-            disk.truncate(spec.overlay_size)
-        if owner is not None:
-            os.chown(path, *owner)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    with Dir.secure(path.parent, mode=STATE_MODE) as state:
+        stat = os.fstatvfs(state.fd)
+        free = stat.f_bavail * stat.f_frsize
+        if free < OVERLAY_MIN_FREE:
             raise UserError(
-                f"VM {spec.name}: cannot create the {spec.overlay_size} byte root overlay "
-                f"{path}: {exc.strerror}; free some space or lower rootOverlay.size"
-            ) from exc
-        raise
+                f"VM {spec.name}: only {free // (1024 * 1024)} MiB free in {path.parent} for "
+                f"the root overlay (at least {OVERLAY_MIN_FREE // (1024 * 1024)} MiB needed); "
+                'free some space or set rootOverlay.type = "tmpfs"')
+        fd = state.create(path.name, 0o600)
+        try:
+            os.ftruncate(fd, spec.overlay_size)
+        except OSError as exc:
+            state.unlink(path.name)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise UserError(
+                    f"VM {spec.name}: cannot create the {spec.overlay_size} byte root overlay "
+                    f"{path}: {exc.strerror}; free some space or lower rootOverlay.size"
+                ) from exc
+            raise
+        finally:
+            os.close(fd)
 
 
 def release_overlay(spec: LaunchSpec) -> None:
-    if spec.overlay_disk is not None:
-        with contextlib.suppress(FileNotFoundError):
-            spec.overlay_disk.path.unlink()
-
-
-def stale_sockets(spec: LaunchSpec) -> list[Path]:
-    layout = spec.layout
-    return [layout.control_socket, layout.channel_socket, layout.console_socket]
-
-
-def release_runtime_dir_at(runtime_dir: Path) -> None:
-    """Remove a runtime directory whose launch spec could not be read."""
-    shutil.rmtree(runtime_dir, ignore_errors=True)
+    if spec.overlay_disk is None:
+        return
+    path = spec.overlay_disk.path
+    with contextlib.suppress(FileNotFoundError), Dir.secure(path.parent, create=False) as state:
+        state.unlink(path.name)

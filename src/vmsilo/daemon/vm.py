@@ -1,11 +1,13 @@
 """One VM as vmsilod sees it: its state, its start and stop, its VMM and its guest channel.
 
-Start runs in bounded stages (image, runtime dir, network, overlay, shared folders, VMM,
-agent hello) through one
-rollback guard; concurrent start requests share a single start. Once running, a watcher
+What a running VM holds is one list of resources (``VmController.resources``: runtime
+directory, network, root overlay, shared folders, VMM, agent channel, desktop helpers), in
+start order. A start acquires them in order through one rollback guard, each stage bounded;
+concurrent start requests share a single start. A VM whose VMM outlived an earlier vmsilod is
+re-adopted by asking each resource of the same list to take over what its start left in the
+root-owned runtime directory. Stop releases them in reverse, for both. Once running, a watcher
 notices the VMM ending on its own (crash, kill, guest power-off) and cleans up. Stop asks the
-agent, then the VMM, then kills — each step bounded. A VM whose VMM outlived an earlier
-vmsilod is re-adopted from the launch spec saved in its runtime directory.
+agent, then the VMM, then kills — each step bounded.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vmsilo.channel.exec_client import ExecClient
 from vmsilo.channel.stream import ChannelError, Stream
@@ -29,6 +31,8 @@ from vmsilo.daemon import resources
 from vmsilo.daemon.runstate import Runstate, StateError, check_transition, require
 from vmsilo.daemon.stages import StageError, Stages, Undo, rollback_on_failure
 from vmsilo.errors import UserError
+from vmsilo.host.procid import ProcessIdentity, kill_if_alive
+from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import LaunchSpec, spec_from_json
 from vmsilo.network.apply import apply_plan, remove_plan
@@ -55,8 +59,37 @@ class Timeouts:
 PlanFn = Callable[[ResolvedVm], LaunchSpec]
 # (resolved VM) -> what the host builds for its network (TAPs, bridges, nftables tables)
 NetworkFn = Callable[[ResolvedVm], NetworkPlan]
+# (resolved VM) -> whom its VMM runs as (the backend's jail settings)
+JailFn = Callable[[ResolvedVm], Any]
+# (VMM pid, resolved VM) -> called once the VMM runs (core scheduling)
+AfterLaunchFn = Callable[[int, ResolvedVm], None]
 
 NETWORK_RECORD = "network.json"  # in the runtime dir: the plan that was applied
+CONSOLE_LOG = "console.log"
+VMM_LOG = "vmm.log"
+
+
+class Helper(Protocol):
+    """A host half of guest services (Wayland path, D-Bus proxy): up while the VM runs."""
+
+    def start(self, rvm: ResolvedVm) -> None: ...
+
+    def stop(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One thing a running VM holds. ``acquire`` makes it at start; ``adopt`` takes over what
+    an earlier vmsilod made (from the runtime directory); both return its release."""
+
+    name: str
+    timeout: float
+    acquire: Callable[[LaunchSpec], Awaitable[Undo | None]]
+    adopt: Callable[[LaunchSpec], Awaitable[Undo | None]]
+
+
+class AdoptionRefused(Exception):  # noqa: N818 - the condition, not a bug
+    """What an earlier vmsilod left cannot be trusted or used; the reason is logged."""
 
 
 class VmController:
@@ -66,22 +99,30 @@ class VmController:
         backend: Backend,
         plan: PlanFn,
         *,
-        owner: tuple[int, int] | None = None,
+        jail: JailFn,
+        log_group: int | None = None,
         timeouts: Timeouts = Timeouts(),
         on_state: Callable[[VmController], Awaitable[None]] | None = None,
         network: NetworkFn | None = None,
         shares: ShareService | None = None,
+        helpers: Sequence[Helper] = (),
+        after_launch: AfterLaunchFn | None = None,
+        expected_paths: Callable[[str], ExpectedPaths] | None = None,
     ) -> None:
         self.name = resolved.name
         self.resolved = resolved  # the config the VM runs (or will run) with
         self.pending: ResolvedVm | None = None  # a reloaded config waiting for a restart
         self.backend = backend
         self.plan = plan
-        self.owner = owner  # uid, gid the VMM and its files belong to (system mode)
+        self.jail = jail
+        self.log_group = log_group  # the desktop user's group: may read the VM's logs
         self.timeouts = timeouts
         self.on_state = on_state
         self.network = network
         self.shares = shares
+        self.helpers = tuple(helpers)
+        self.after_launch = after_launch
+        self.expected_paths = expected_paths
         self.state = Runstate.STOPPED
         self.reason: str | None = None
         self.log_path: Path | None = None
@@ -89,6 +130,7 @@ class VmController:
         self.spec: LaunchSpec | None = None
         self.vmm: VmmProcess | None = None
         self.transport: Transport | None = None
+        self.runtime: Dir | None = None  # the runtime directory, open while the VM runs
         self._stages: Stages | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -127,6 +169,20 @@ class VmController:
             "hypervisor": self.resolved.vm.hypervisor,
         }
 
+    # -- the resources, in start order ------------------------------------------------------
+
+    def resources(self) -> list[Resource]:
+        t = self.timeouts
+        return [
+            Resource("runtime directory", 10, self._acquire_runtime, self._adopt_runtime),
+            Resource("network", 60, self._acquire_network, self._adopt_network),
+            Resource("root overlay", 30, self._acquire_overlay, self._adopt_overlay),
+            Resource("shared folders", 120, self._acquire_shares, self._adopt_shares),
+            Resource("VMM", t.vmm_start, self._launch, self._adopt_vmm),
+            Resource("agent", t.agent_hello, self._wait_for_agent, self._adopt_agent),
+            Resource("desktop helpers", 10, self._start_helpers, self._start_helpers),
+        ]
+
     # -- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -156,13 +212,9 @@ class VmController:
         try:
             async with rollback_on_failure(stages):
                 spec = await self._stage_plan(stages)
-                await stages.run("runtime directory", lambda: self._acquire_runtime(spec), 10)
-                await stages.run("network", lambda: self._acquire_network(spec), 60)
-                await stages.run("root overlay", lambda: self._acquire_overlay(spec), 30)
-                await stages.run("shared folders", lambda: self._acquire_shares(spec), 120)
-                await stages.run("VMM", lambda: self._launch(spec), self.timeouts.vmm_start)
-                await stages.run("agent", lambda: self._wait_for_agent(spec),
-                                 self.timeouts.agent_hello)
+                for resource in self.resources():
+                    await stages.run(resource.name, _bind(resource.acquire, spec),
+                                     resource.timeout)
         except StageError as exc:
             self.vmm = None
             self.transport = None
@@ -190,14 +242,67 @@ class VmController:
         assert self.spec is not None
         return self.spec
 
-    # Each resource's release, built in one place: the start stages register these, and a
-    # re-adopted VM gets the same ones from its saved launch spec.
+    # runtime directory (and the log directory beside it)
 
     def _undo_runtime(self, spec: LaunchSpec) -> Undo:
         async def undo() -> None:
+            if self.runtime is not None:
+                self.runtime.close()
+                self.runtime = None
             resources.release_runtime_dir(spec)
 
         return undo
+
+    async def _acquire_runtime(self, spec: LaunchSpec) -> Undo:
+        self.runtime = resources.acquire_runtime_dir(spec)
+        return self._undo_runtime(spec)
+
+    async def _adopt_runtime(self, spec: LaunchSpec) -> Undo:
+        return self._undo_runtime(spec)  # opened by readopt, which read the spec there
+
+    # network
+
+    def _undo_network(self, plan: NetworkPlan) -> Undo:
+        async def undo() -> None:
+            await asyncio.to_thread(remove_plan, plan)
+
+        return undo
+
+    async def _acquire_network(self, spec: LaunchSpec) -> Undo | None:
+        plan = self.network(self.resolved) if self.network is not None else None
+        if plan is None or not plan.taps:
+            return None
+        # Saved first: a daemon that dies half-way still finds what to remove.
+        assert self.runtime is not None
+        self.runtime.write_atomic(NETWORK_RECORD, json.dumps(plan_to_json(plan)))
+        result = await asyncio.to_thread(apply_plan, plan)
+        for tap in result.without_fq_codel:
+            log.info("VM %s: TAP %s has no fq_codel (the kernel lacks it)", self.name, tap)
+        return self._undo_network(plan)
+
+    def _saved_network(self, runtime: Dir) -> NetworkPlan | None:
+        """The applied plan an earlier start recorded, if it is this VM's own."""
+        try:
+            plan = plan_from_json(json.loads(runtime.read(NETWORK_RECORD)))
+        except FileNotFoundError:
+            return None
+        except (OSError, UserError, ValueError, KeyError, TypeError) as exc:
+            log.warning("VM %s: cannot use its network record (%s); nothing of it is removed",
+                        self.name, exc)
+            return None
+        foreign = [tap.name for tap in plan.taps if tap.vm != self.name]
+        if foreign:
+            log.warning("VM %s: its network record names TAPs of other VMs (%s); it is "
+                        "ignored", self.name, ", ".join(foreign))
+            return None
+        return plan
+
+    async def _adopt_network(self, spec: LaunchSpec) -> Undo | None:
+        assert self.runtime is not None
+        plan = self._saved_network(self.runtime)
+        return self._undo_network(plan) if plan is not None else None
+
+    # root overlay
 
     def _undo_overlay(self, spec: LaunchSpec) -> Undo:
         async def undo() -> None:
@@ -205,11 +310,14 @@ class VmController:
 
         return undo
 
-    def _undo_network(self, plan: NetworkPlan) -> Undo:
-        async def undo() -> None:
-            await asyncio.to_thread(remove_plan, plan)
+    async def _acquire_overlay(self, spec: LaunchSpec) -> Undo:
+        resources.acquire_overlay(spec)
+        return self._undo_overlay(spec)
 
-        return undo
+    async def _adopt_overlay(self, spec: LaunchSpec) -> Undo:
+        return self._undo_overlay(spec)
+
+    # shared folders
 
     @staticmethod
     def _undo_shares(running: list[RunningShare]) -> Undo:
@@ -218,6 +326,27 @@ class VmController:
 
         return undo
 
+    def _open_log(self, name: str, *, rotate: bool = False) -> int:
+        assert self.spec is not None
+        with resources.open_log_dir(self.spec, self.log_group) as logs:
+            return resources.open_log(logs, name, self.log_group, rotate=rotate)
+
+    async def _acquire_shares(self, spec: LaunchSpec) -> Undo | None:
+        if self.shares is None or not spec.shares:
+            return None
+        assert self.runtime is not None
+        running = await asyncio.to_thread(self.shares.start_all, self.resolved, spec,
+                                          self.runtime, self._open_log)
+        return self._undo_shares(running)
+
+    async def _adopt_shares(self, spec: LaunchSpec) -> Undo | None:
+        if not spec.shares:
+            return None
+        assert self.runtime is not None
+        return self._undo_shares(ShareService.adopt_all(spec, self.runtime))
+
+    # VMM
+
     def _undo_vmm(self, spec: LaunchSpec, vmm: VmmProcess) -> Undo:
         async def undo() -> None:
             await self.backend.stop(spec, vmm, graceful=0, forced=self.timeouts.vmm_quit)
@@ -225,58 +354,38 @@ class VmController:
 
         return undo
 
+    async def _launch(self, spec: LaunchSpec) -> Undo:
+        assert self.runtime is not None
+        console_log = self._open_log(CONSOLE_LOG, rotate=True)
+        vmm_log = self._open_log(VMM_LOG, rotate=True)
+        try:
+            self.vmm = await self.backend.launch(spec, runtime=self.runtime,
+                                                 console_log=console_log, vmm_log=vmm_log,
+                                                 jail=self.jail(self.resolved))
+        finally:
+            for fd in (console_log, vmm_log):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        undo = self._undo_vmm(spec, self.vmm)
+        record = _process_record(self.vmm)
+        if record is not None:
+            self.runtime.write_atomic(resources.PROCESSES_FILE, json.dumps(record))
+        if self.after_launch is not None:
+            self.after_launch(self.vmm.pid, self.resolved)
+        return undo
+
+    async def _adopt_vmm(self, spec: LaunchSpec) -> Undo:
+        assert self.vmm is not None  # found by readopt before the resources are adopted
+        return self._undo_vmm(spec, self.vmm)
+
+    # agent channel
+
     @staticmethod
     def _undo_transport(transport: Transport) -> Undo:
         async def undo() -> None:
             await transport.close()
 
         return undo
-
-    async def _acquire_runtime(self, spec: LaunchSpec) -> Undo:
-        resources.acquire_runtime_dir(spec, self.owner)
-        return self._undo_runtime(spec)
-
-    async def _acquire_network(self, spec: LaunchSpec) -> Undo | None:
-        plan = self.network(self.resolved) if self.network is not None else None
-        if plan is None or not plan.taps:
-            return None
-        # Saved first: a daemon that dies half-way still finds what to remove.
-        record = spec.layout.runtime_dir / NETWORK_RECORD
-        record.write_text(json.dumps(plan_to_json(plan)))
-        result = await asyncio.to_thread(apply_plan, plan)
-        for tap in result.without_fq_codel:
-            log.info("VM %s: TAP %s has no fq_codel (the kernel lacks it)", self.name, tap)
-        return self._undo_network(plan)
-
-    def _saved_network(self, runtime_dir: Path) -> NetworkPlan | None:
-        try:
-            return plan_from_json(json.loads((runtime_dir / NETWORK_RECORD).read_text()))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("VM %s: cannot read its network record (%s)", self.name, exc)
-            return None
-
-    async def _remove_saved_network(self, runtime_dir: Path) -> None:
-        plan = self._saved_network(runtime_dir)
-        if plan is not None:
-            await asyncio.to_thread(remove_plan, plan)
-
-    async def _acquire_shares(self, spec: LaunchSpec) -> Undo | None:
-        if self.shares is None or not spec.shares:
-            return None
-        running = await asyncio.to_thread(self.shares.start_all, self.resolved, spec,
-                                          self.owner)
-        return self._undo_shares(running)
-
-    async def _acquire_overlay(self, spec: LaunchSpec) -> Undo:
-        resources.acquire_overlay(spec, self.owner)
-        return self._undo_overlay(spec)
-
-    async def _launch(self, spec: LaunchSpec) -> Undo:
-        uid, gid = self.owner if self.owner is not None else (None, None)
-        self.vmm = await self.backend.launch(spec, uid=uid, gid=gid)
-        return self._undo_vmm(spec, self.vmm)
 
     async def _wait_for_agent(self, spec: LaunchSpec) -> Undo:
         transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
@@ -307,6 +416,24 @@ class VmController:
             raise StageError("agent", f"the VMM exited during boot (status "
                              f"{self.vmm.returncode})")
         raise StageError("agent", f"cannot reach the guest agent: {hello.exception()}")
+
+    async def _adopt_agent(self, spec: LaunchSpec) -> Undo:
+        self.transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
+        return self._undo_transport(self.transport)
+
+    # desktop helpers (never outlive vmsilod: a re-adopted VM gets new ones)
+
+    async def _start_helpers(self, spec: LaunchSpec) -> Undo | None:
+        if not self.helpers:
+            return None
+        for helper in self.helpers:
+            helper.start(self.resolved)
+
+        async def undo() -> None:
+            for helper in reversed(self.helpers):
+                helper.stop(self.name)
+
+        return undo
 
     # -- running ----------------------------------------------------------------------------
 
@@ -399,61 +526,139 @@ class VmController:
 
     # -- re-adoption ------------------------------------------------------------------------
 
-    def _kill_orphan(self, runtime_dir: Path) -> None:
-        """A VMM we cannot re-adopt must not run on unmanaged: kill it if its pidfile names a
-        live process whose command line marks it as this VM's VMM."""
-        try:
-            pid = int((runtime_dir / "vmm.pid").read_text().strip())
-        except (OSError, ValueError):
-            return
-        if self.backend.owns_process(pid, self.name):
-            log.warning("VM %s: killing its unmanageable VMM (pid %d)", self.name, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-
     async def readopt(self, runtime_dir: Path) -> bool:
-        """Take over a VM whose VMM outlived the previous vmsilod. True if it runs."""
-        spec_file = runtime_dir / "launch.json"
-        if not spec_file.exists():
-            return False
+        """Take over a VM whose VMM outlived the previous vmsilod. True if it runs.
+
+        Everything is read from the root-owned runtime directory: the launch spec (which must
+        be this VM's, in the places this vmsilod would put them) and the identities of the VMM
+        and its jail. A VMM whose identity no longer matches is gone; one whose records cannot
+        be trusted is killed if its identity still matches, and only vmsilod's own directories
+        are cleaned up."""
         try:
-            spec = spec_from_json(json.loads(spec_file.read_text()))
-            pid = int((spec.layout.pidfile).read_text().strip())
-        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-            log.warning("VM %s: cannot read %s (%s); stopping what is left", self.name,
-                        spec_file, exc)
-            self._kill_orphan(runtime_dir)
-            await self._remove_saved_network(runtime_dir)
-            resources.release_runtime_dir_at(runtime_dir)
+            runtime = resources.open_runtime_dir(runtime_dir)
+        except FileNotFoundError:
+            return False
+        except UserError as exc:
+            log.error("VM %s: not re-adopting: %s", self.name, exc)
+            return False
+        self.runtime = runtime
+        try:
+            spec, vmm = self._adoptable(runtime, runtime_dir)
+        except AdoptionRefused as exc:
+            log.warning("VM %s: cannot re-adopt (%s); cleaning up its runtime directory",
+                        self.name, exc)
+            await self._clean_after_refusal(runtime, runtime_dir)
             return False
         self.spec = spec
-        if not self.backend.owns_process(pid, spec.name):
-            log.warning("VM %s: its VMM (pid %d) is gone; cleaning up", self.name, pid)
-            resources.release_overlay(spec)
-            ShareService.stop_all(ShareService.adopt_all(spec))
-            await self._remove_saved_network(runtime_dir)
-            resources.release_runtime_dir(spec)
+        stages = Stages(self.name)
+        if vmm is None:
+            log.warning("VM %s: its VMM is gone; cleaning up", self.name)
+            for resource in self.resources()[:-3]:  # what outlives the VMM
+                undo = await resource.adopt(spec)
+                if undo is not None:
+                    stages.undo_steps.append((resource.name, undo))
+            await stages.unwind(self.timeouts.cleanup)
             self.state = Runstate.FAILED
             self.reason = "the VMM exited while vmsilod was not running"
-            self.log_path = None
+            self.log_path = spec.layout.console_log
             return False
-        self.vmm = VmmProcess(pid)
-        self.transport = SerialMuxTransport(spec.layout.channel_socket, self.name)
-        stages = Stages(self.name)
-        stages.undo_steps = [("runtime directory", self._undo_runtime(spec))]
-        network = self._saved_network(runtime_dir)
-        if network is not None:
-            stages.undo_steps.append(("network", self._undo_network(network)))
-        stages.undo_steps += [
-            ("root overlay", self._undo_overlay(spec)),
-            ("shared folders", self._undo_shares(ShareService.adopt_all(spec))),
-            ("VMM", self._undo_vmm(spec, self.vmm)),
-            ("agent", self._undo_transport(self.transport)),
-        ]
+        self.vmm = vmm
+        for resource in self.resources()[:-1]:  # helpers start once the state is RUNNING
+            undo = await resource.adopt(spec)
+            if undo is not None:
+                stages.undo_steps.append((resource.name, undo))
         self._stages = stages
-        self.started_at = os.stat(spec.layout.pidfile).st_mtime
+        self.started_at = time.time()
         self._set_state(Runstate.RUNNING)
+        helpers = self.resources()[-1]
+        undo = await helpers.adopt(spec)
+        if undo is not None:
+            stages.undo_steps.append((helpers.name, undo))
         self._watcher = asyncio.create_task(self._watch())
-        log.info("VM %s: re-adopted VMM pid %d", self.name, pid)
+        log.info("VM %s: re-adopted VMM pid %d", self.name, vmm.pid)
         return True
 
+    def _adoptable(self, runtime: Dir, runtime_dir: Path) -> tuple[LaunchSpec,
+                                                                   VmmProcess | None]:
+        """The saved spec and the live VMM (None if it ended); AdoptionRefused otherwise."""
+        try:
+            spec = spec_from_json(json.loads(runtime.read(resources.SPEC_FILE)))
+        except FileNotFoundError:
+            raise AdoptionRefused("no launch spec") from None
+        except (OSError, UserError, ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise AdoptionRefused(f"its launch spec is unreadable: {exc}") from exc
+        expected = self.plan_paths()
+        if spec.name != self.name or (expected is not None and (
+                spec.layout.runtime_dir != runtime_dir
+                or spec.layout.log_dir != expected.log_dir
+                or (spec.overlay_disk is not None
+                    and spec.overlay_disk.path != expected.overlay))):
+            raise AdoptionRefused("its launch spec names another VM's places")
+        identities = self._saved_identities(runtime)
+        qemu = identities.get("vmm")
+        if qemu is None:
+            raise AdoptionRefused("no record of its VMM")
+        pidfd = qemu.pidfd()
+        if pidfd is None:
+            return spec, None
+        monitor = identities.get("monitor")
+        monitor_pid = monitor.pid if monitor is not None and monitor.alive() else None
+        return spec, VmmProcess(qemu.pid, monitor_pid=monitor_pid, pidfd=pidfd)
+
+    def _saved_identities(self, runtime: Dir) -> dict[str, ProcessIdentity]:
+        try:
+            data = json.loads(runtime.read(resources.PROCESSES_FILE))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UserError, ValueError) as exc:
+            raise AdoptionRefused(f"its process record is unreadable: {exc}") from exc
+        if not isinstance(data, dict):
+            raise AdoptionRefused("its process record is malformed")
+        found = {}
+        for key in ("vmm", "monitor"):
+            if data.get(key) is not None:
+                try:
+                    found[key] = ProcessIdentity.from_json(data[key])
+                except ValueError as exc:
+                    raise AdoptionRefused(f"its process record is malformed ({exc})") from exc
+        return found
+
+    async def _clean_after_refusal(self, runtime: Dir, runtime_dir: Path) -> None:
+        """A VMM whose records are unusable must not run on unmanaged: kill it if the
+        identity record still names a live process; remove the network the record names if
+        it is this VM's; then the runtime directory. Nothing else is touched."""
+        with contextlib.suppress(AdoptionRefused):
+            for identity in self._saved_identities(runtime).values():
+                if kill_if_alive(identity):
+                    log.warning("VM %s: killed its unmanageable process %d", self.name,
+                                identity.pid)
+        plan = self._saved_network(runtime)
+        if plan is not None:
+            await asyncio.to_thread(remove_plan, plan)
+        runtime.close()
+        self.runtime = None
+        resources.release_runtime_dir_at(runtime_dir)
+
+    def plan_paths(self) -> ExpectedPaths | None:
+        return self.expected_paths(self.name) if self.expected_paths is not None else None
+
+
+@dataclass(frozen=True)
+class ExpectedPaths:
+    """Where this vmsilod keeps a VM's things: a saved spec must agree."""
+
+    log_dir: Path
+    overlay: Path
+
+
+def _bind(action: Callable[[LaunchSpec], Awaitable[Undo | None]],
+          spec: LaunchSpec) -> Callable[[], Awaitable[Undo | None]]:
+    return lambda: action(spec)
+
+
+def _process_record(vmm: VmmProcess) -> dict[str, Any] | None:
+    qemu = ProcessIdentity.of(vmm.pid)
+    if qemu is None:
+        return None
+    monitor = ProcessIdentity.of(vmm.monitor_pid) if vmm.monitor_pid else None
+    return {"vmm": qemu.to_json(), "monitor": monitor.to_json() if monitor else None}

@@ -15,6 +15,8 @@ No host account may use an id of a block in use (vmsilod refuses to start such a
 
 from __future__ import annotations
 
+import grp
+import pwd
 from dataclasses import dataclass
 
 ID_BASE = 0x50000000
@@ -64,3 +66,17 @@ def in_any_block(host_id: int, vm_ids: list[int]) -> int | None:
         if block_start(vm_id) <= host_id < block_start(vm_id) + BLOCK_SIZE:
             return vm_id
     return None
+
+
+def accounts_in_blocks(vm_ids: list[int]) -> list[tuple[str, str, int, int]]:
+    """(``user``/``group``, name, id, VM id) of every host account inside a VM's block."""
+    found = []
+    for user in pwd.getpwall():
+        vm_id = in_any_block(user.pw_uid, vm_ids)
+        if vm_id is not None:
+            found.append(("user", user.pw_name, user.pw_uid, vm_id))
+    for group in grp.getgrall():
+        vm_id = in_any_block(group.gr_gid, vm_ids)
+        if vm_id is not None:
+            found.append(("group", group.gr_name, group.gr_gid, vm_id))
+    return found

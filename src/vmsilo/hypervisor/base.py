@@ -14,7 +14,7 @@ import signal
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vmsilo.hypervisor.spec import LaunchSpec
 
@@ -35,16 +35,20 @@ class VmmLaunchError(Exception):
 
 
 class VmmProcess:
-    """A running VMM process, watched through a pidfd (no polling, no pid reuse races)."""
+    """A running VMM process, watched through a pidfd (no polling, no pid reuse races).
 
-    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+    ``pid`` is the VMM itself; ``monitor`` the jail's outer process (bubblewrap), our child
+    when we started it, which ends with the VMM's exit status. A re-adopted VMM has no
+    ``monitor`` Popen, so its exit status is unknown."""
+
+    def __init__(self, pid: int, monitor: subprocess.Popen[bytes] | None = None,
+                 monitor_pid: int | None = None, pidfd: int | None = None) -> None:
         self.pid = pid
-        self._popen = popen  # set when we are the parent and must reap it
-        self._pidfd = os.pidfd_open(pid)
+        self._popen = monitor
+        self.monitor_pid = monitor.pid if monitor is not None else monitor_pid
+        self._pidfd = pidfd if pidfd is not None else os.pidfd_open(pid)
 
     def exited(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is not None
         import select
 
         return bool(select.select([self._pidfd], [], [], 0)[0])
@@ -55,19 +59,18 @@ class VmmProcess:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the process to end; True if it did within ``timeout``."""
-        if self.exited():
-            return True
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(self._pidfd, _resolve, done)
-        try:
-            await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            return False
-        finally:
-            loop.remove_reader(self._pidfd)
-        if self._popen is not None:
-            self._popen.wait()
+        if not self.exited():
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            loop.add_reader(self._pidfd, _resolve, done)
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                return False
+            finally:
+                loop.remove_reader(self._pidfd)
+        if self._popen is not None:  # the monitor ends right after the VMM, with its status
+            await asyncio.to_thread(self._popen.wait)
         return True
 
     def kill(self) -> None:
@@ -90,26 +93,10 @@ class Backend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def command(self, spec: LaunchSpec) -> list[str]:
-        """The full command line that runs ``spec``."""
-
-    @abstractmethod
-    async def launch(self, spec: LaunchSpec, *, uid: int | None = None,
-                     gid: int | None = None) -> VmmProcess:
-        """Start the VMM and return once its control channel answers."""
-
-    def owns_process(self, pid: int, vm: str) -> bool:
-        """Whether ``pid`` is alive and is the VMM started for VM ``vm`` (not a reused pid):
-        its command line carries the marker ``command`` put there."""
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return self.process_marker(vm).encode() in argv
-
-    @abstractmethod
-    def process_marker(self, vm: str) -> str:
-        """One argument of the VMM's command line that identifies VM ``vm``'s VMM."""
+    async def launch(self, spec: LaunchSpec, *, runtime: Any, console_log: int, vmm_log: int,
+                     jail: Any) -> VmmProcess:
+        """Start the VMM jailed, with every host resource passed as a descriptor; return
+        once its control channel answers."""
 
     @abstractmethod
     async def request_shutdown(self, spec: LaunchSpec) -> None:

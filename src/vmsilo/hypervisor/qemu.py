@@ -7,35 +7,90 @@ adds a PCIe host bridge to the microvm and keeps everything else on virtio-mmio.
 the system uses exists in a microvm form (virtio-blk, -serial, -balloon, -net, vhost-vsock,
 vhost-user-fs, vfio-pci on the PCIe bridge), so there is no reason to fall back to q35.
 
-QEMU runs with ``-sandbox on`` denying privilege elevation, spawning and resource control; when
-vmsilod runs as root it starts QEMU already as the configured user (privileges dropped before
-exec, not by QEMU's ``-runas``, which its own sandbox would forbid).
+QEMU runs jailed (``host/sandbox.py``): as the VM's own uid and gid (``host/ids.py``), in its
+own mount, PID, IPC, UTS, cgroup and network namespaces, seeing only the host's programs and the
+VM's kernel and initramfs, with no capabilities and ``no_new_privs``; inside, ``-sandbox on``
+(QEMU's seccomp filter) denies privilege elevation, spawning and resource control. It opens no
+path of vmsilod's: every socket (QMP, balloon QMP, console, channel), log, disk, TAP and
+virtiofsd connection is a descriptor vmsilod opened and passed (``fd=`` chardevs, ``-add-fd``
+fdsets for the drives and the console log), so its uid needs to own nothing on the host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qemu.qmp import QMPClient
 
 from vmsilo.host import proc
+from vmsilo.host.safefs import Dir
+from vmsilo.host.sandbox import INSTALL_BWRAP, Limits, Sandbox, read_child_pid
 from vmsilo.hypervisor.accel import Accelerator, choose_accelerator
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec
-from vmsilo.hypervisor.tapfd import VHOST_NET_DEVICE, NicFds
+from vmsilo.hypervisor.tapfd import NicFds
+
+log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 CONTROL_TIMEOUT = 30.0
+VHOST_VSOCK_DEVICE = "/dev/vhost-vsock"
+# Open files QEMU may hold: disks, TAP and vhost queues, chardevs, eventfds of every virtqueue.
+NOFILE_LIMIT = 8192
+# Pinned memory: none is needed without device passthrough (vhost-user maps shared memfd RAM,
+# which needs no lock); a passed-through PCI device pins all guest RAM, plus room for the rest.
+MEMLOCK_BASE = 64 * 1024
+MEMLOCK_PCI_EXTRA = 256 * 1024 * 1024
 
 
-def _drive_args(disk: DiskSpec, drive_id: str) -> list[str]:
-    drive = [f"file={disk.path}", "if=none", f"id={drive_id}", f"format={disk.format}"]
+@dataclass
+class LaunchFds:
+    """The descriptors vmsilod opened for one QEMU, as QEMU (its child) numbers them."""
+
+    qmp: int  # listening sockets QEMU serves
+    balloon: int
+    console: int
+    channel: int | None  # None with vhost-vsock
+    console_log: int  # where the console's output is logged (write end)
+    drives: dict[str, tuple[int, ...]] = field(default_factory=dict)  # drive id -> fdset
+    taps: dict[str, int] = field(default_factory=dict)  # NIC name -> TAP
+    vhost_net: dict[str, int] = field(default_factory=dict)
+    shares: tuple[int, ...] = ()  # connected virtiofsd sockets, in spec.shares order
+    vsock: int | None = None
+
+    def all(self) -> list[int]:
+        fds = [self.qmp, self.balloon, self.console, self.console_log]
+        fds += [fd for fd in (self.channel, self.vsock) if fd is not None]
+        for group in self.drives.values():
+            fds += group
+        return [*fds, *self.taps.values(), *self.vhost_net.values(), *self.shares]
+
+
+class _Fdsets:
+    """``-add-fd`` options: each set of descriptors gets the next set id."""
+
+    def __init__(self) -> None:
+        self.args: list[str] = []
+        self._next = 1
+
+    def add(self, fds: tuple[int, ...]) -> str:
+        set_id = self._next
+        self._next += 1
+        for fd in fds:
+            self.args += ["-add-fd", f"fd={fd},set={set_id}"]
+        return f"/dev/fdset/{set_id}"
+
+
+def _drive_args(disk: DiskSpec, drive_id: str, path: str) -> list[str]:
+    drive = [f"file={path}", "if=none", f"id={drive_id}", f"format={disk.format}"]
     if disk.readonly:
         drive.append("readonly=on")
     if disk.discard:
@@ -49,16 +104,21 @@ def _drive_args(disk: DiskSpec, drive_id: str) -> list[str]:
     return ["-drive", ",".join(drive), "-device", ",".join(device)]
 
 
-def process_marker(vm: str) -> str:
-    return f"{vm},process=vmsilo-{vm}"
+def drive_ids(spec: LaunchSpec) -> list[tuple[str, DiskSpec]]:
+    drives = [("root", spec.root)]
+    if spec.overlay_disk is not None:
+        drives.append(("overlay", spec.overlay_disk))
+    drives += [(f"disk{index}", disk) for index, disk in enumerate(spec.extra_disks)]
+    return drives
 
 
-def build_command(
-    spec: LaunchSpec, accel: Accelerator, qemu: str = QEMU, fds: NicFds | None = None
-) -> list[str]:
-    """QEMU's argv. With ``fds`` the NICs use descriptors opened by vmsilod (passed to the
-    child), else QEMU opens the TAPs by name itself."""
-    layout = spec.layout
+def _chardev_server(chardev: str, fd: int, extra: str = "") -> list[str]:
+    return ["-chardev", f"socket,id={chardev},fd={fd},server=on,wait=off{extra}"]
+
+
+def build_command(spec: LaunchSpec, accel: Accelerator, fds: LaunchFds,
+                  qemu: str = QEMU) -> list[str]:
+    """QEMU's argv; every host resource is one of ``fds`` (see module docstring)."""
     needs_pci = bool(spec.nics or spec.pci_devices)
     machine = f"microvm,pcie={'on' if needs_pci else 'off'},rtc=on,acpi=on"
     memory: list[str] = []
@@ -69,9 +129,10 @@ def build_command(
                   # microvm's virtio-mmio defaults to the legacy interface, which vhost-user
                   # backends refuse.
                   "-global", "virtio-mmio.force-legacy=false"]
+    fdsets = _Fdsets()
     argv = [
         qemu,
-        "-name", process_marker(spec.name),
+        "-name", spec.name,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", machine,
         *accel.qemu_args,
@@ -83,58 +144,92 @@ def build_command(
     ]  # fmt: skip
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]
-    argv += _drive_args(spec.root, "root")
-    if spec.overlay_disk is not None:
-        argv += _drive_args(spec.overlay_disk, "overlay")
-    for index, disk in enumerate(spec.extra_disks):
-        argv += _drive_args(disk, f"disk{index}")
+    for drive_id, disk in drive_ids(spec):
+        argv += _drive_args(disk, drive_id, fdsets.add(fds.drives[drive_id]))
     # The serial console: a socket vm-shell can attach to, and a log of everything it printed,
     # whether or not anyone was attached.
-    argv += [
-        "-chardev",
-        f"socket,id=console,path={layout.console_socket},server=on,wait=off,"
-        f"logfile={layout.console_log},logappend=on",
-        "-serial", "chardev:console",
-    ]  # fmt: skip
+    log_path = fdsets.add((fds.console_log,))
+    argv += [*_chardev_server("console", fds.console, f",logfile={log_path},logappend=on"),
+             "-serial", "chardev:console"]
     if spec.use_vsock:
-        argv += ["-device", f"vhost-vsock-device,guest-cid={spec.cid}"]
+        assert fds.vsock is not None
+        argv += ["-device", f"vhost-vsock-device,guest-cid={spec.cid},vhostfd={fds.vsock}"]
     else:
+        assert fds.channel is not None
         argv += [
-            "-chardev", f"socket,id=channel,path={layout.channel_socket},server=on,wait=off",
+            *_chardev_server("channel", fds.channel),
             "-device", "virtio-serial-device,max_ports=2",
             "-device", "virtserialport,chardev=channel,name=vmsilo.mux",
         ]  # fmt: skip
     if spec.balloon:
         argv += ["-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on"]
     for nic in spec.nics:
-        if fds is not None and nic.name in fds.tap:
-            netdev = f"tap,id=net-{nic.name},fd={fds.tap[nic.name]}"
-            if nic.name in fds.vhost:
-                netdev += f",vhost=on,vhostfd={fds.vhost[nic.name]}"
-        else:
-            vhost = ",vhost=on" if os.access(VHOST_NET_DEVICE, os.R_OK | os.W_OK) else ""
-            netdev = f"tap,id=net-{nic.name},ifname={nic.tap},script=no,downscript=no{vhost}"
+        netdev = f"tap,id=net-{nic.name},fd={fds.taps[nic.name]}"
+        if nic.name in fds.vhost_net:
+            netdev += f",vhost=on,vhostfd={fds.vhost_net[nic.name]}"
         argv += [
             "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net-{nic.name},mac={nic.mac},addr={nic.pci_slot:#x}",
         ]  # fmt: skip
     for index, share in enumerate(spec.shares):
         argv += [
-            "-chardev", f"socket,id=fs{index},path={share.socket}",
+            "-chardev", f"socket,id=fs{index},fd={fds.shares[index]}",
             "-device", f"vhost-user-fs-device,chardev=fs{index},tag={share.tag}",
         ]  # fmt: skip
     for device in spec.pci_devices:
         argv += ["-device", f"vfio-pci,sysfsdev={device}"]
     argv += [
-        "-qmp", f"unix:{layout.control_socket},server=on,wait=off",
+        *_chardev_server("qmp", fds.qmp), "-mon", "chardev=qmp,mode=control",
         # QMP serves one client per socket: vmsilo-balloond gets its own.
-        "-qmp", f"unix:{layout.balloon_socket},server=on,wait=off",
-        "-pidfile", str(layout.pidfile),
+        *_chardev_server("balloonqmp", fds.balloon), "-mon", "chardev=balloonqmp,mode=control",
         "-sandbox", SANDBOX,
         "-msg", "timestamp=on",
     ]  # fmt: skip
+    argv += fdsets.args
     argv += spec.extra_args
     return argv
+
+
+@dataclass(frozen=True)
+class VmmJail:
+    """Whom the VMM runs as. ``uid``/``gid`` None: vmsilod's own (user mode, no root)."""
+
+    uid: int | None
+    gid: int | None
+
+    def sandbox(self, spec: LaunchSpec, accel: Accelerator) -> Sandbox:
+        ro = [spec.kernel] + ([spec.initrd] if spec.initrd is not None else [])
+        devices = [Path("/dev/kvm")] if accel.name == "kvm" else []
+        memlock = MEMLOCK_BASE
+        if spec.pci_devices:
+            devices.append(Path("/dev/vfio"))
+            ro.append(Path("/sys"))
+            memlock += spec.memory_mb * 1024 * 1024 + MEMLOCK_PCI_EXTRA
+        return Sandbox(uid=self.uid, gid=self.gid, ro_binds=tuple(ro),
+                       dev_binds=tuple(devices), limits=Limits(nofile=NOFILE_LIMIT,
+                                                               memlock=memlock))
+
+
+def _open_drive(disk: DiskSpec, ours: bool) -> tuple[int, ...]:
+    """The drive's fdset: read-only, plus read-write unless the drive is read-only (QEMU
+    picks the one whose access mode it asks for). Our own files (the overlay) are never
+    opened through a link."""
+    flags = os.O_CLOEXEC | (os.O_NOFOLLOW if ours else 0)
+    if disk.direct:
+        flags |= os.O_DIRECT
+    fds = [os.open(disk.path, os.O_RDONLY | flags)]
+    if not disk.readonly:
+        try:
+            fds.append(os.open(disk.path, os.O_RDWR | flags))
+        except BaseException:
+            os.close(fds[0])
+            raise
+    return tuple(fds)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager
@@ -160,57 +255,105 @@ class QemuBackend(Backend):
             self._accel = choose_accelerator()
         return self._accel
 
-    def command(self, spec: LaunchSpec) -> list[str]:
-        return build_command(spec, self.accel, self.qemu)
+    def _open_fds(self, spec: LaunchSpec, runtime: Dir, console_log: int,
+                  stack: contextlib.ExitStack) -> LaunchFds:
+        layout = spec.layout
 
-    def process_marker(self, vm: str) -> str:
-        return process_marker(vm)
+        def listen(path: Path) -> int:
+            sock = runtime.listen_unix(path.name)
+            stack.callback(sock.close)
+            return sock.fileno()
 
-    async def launch(
-        self, spec: LaunchSpec, *, uid: int | None = None, gid: int | None = None
-    ) -> VmmProcess:
-        if shutil.which(self.qemu) is None:
-            raise VmmLaunchError(
-                spec.name, f"binary {self.qemu} is missing (install the Debian package "
-                "qemu-system-x86)", [self.qemu], spec.layout.vmm_log)
-        fds = NicFds()
-        try:
-            if os.geteuid() == 0:  # else QEMU (as us) opens its TAPs, which user mode lacks
-                for nic in spec.nics:
-                    try:
-                        fds.open(nic.name, nic.tap)
-                    except OSError as exc:
-                        raise VmmLaunchError(
-                            spec.name, f"cannot attach to TAP {nic.tap}: {exc.strerror}",
-                            [], spec.layout.vmm_log) from exc
-            command = build_command(spec, self.accel, self.qemu, fds)
-            layout = spec.layout
-            for stale in (layout.control_socket, layout.channel_socket,
-                          layout.console_socket):
-                stale.unlink(missing_ok=True)
-            with open(layout.vmm_log, "ab") as log:
-                popen = proc.spawn(command, stdout=log, stderr=log, user=uid, group=gid,
-                                   extra_groups=[] if uid is not None else None,
-                                   pass_fds=fds.all())
-        finally:
-            fds.close()
-        vmm = VmmProcess(popen.pid, popen)
+        def keep(fd: int) -> int:
+            stack.callback(os.close, fd)
+            return fd
+
+        fds = LaunchFds(
+            qmp=listen(layout.control_socket), balloon=listen(layout.balloon_socket),
+            console=listen(layout.console_socket),
+            channel=None if spec.use_vsock else listen(layout.channel_socket),
+            console_log=console_log)
+        for drive_id, disk in drive_ids(spec):
+            try:
+                fds.drives[drive_id] = tuple(
+                    keep(fd) for fd in _open_drive(disk, ours=drive_id == "overlay"))
+            except OSError as exc:
+                raise VmmLaunchError(spec.name, f"cannot open its disk {disk.path}: "
+                                     f"{exc.strerror}", [], layout.vmm_log) from exc
+        if spec.use_vsock:
+            try:
+                fds.vsock = keep(os.open(VHOST_VSOCK_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+            except OSError as exc:
+                raise VmmLaunchError(spec.name, f"cannot open {VHOST_VSOCK_DEVICE}: "
+                                     f"{exc.strerror}", [], layout.vmm_log) from exc
+        nics = NicFds()
+        stack.callback(nics.close)
+        for nic in spec.nics:
+            try:
+                nics.open(nic.name, nic.tap)
+            except OSError as exc:
+                raise VmmLaunchError(spec.name, f"cannot attach to TAP {nic.tap}: "
+                                     f"{exc.strerror}", [], layout.vmm_log) from exc
+        fds.taps, fds.vhost_net = dict(nics.tap), dict(nics.vhost)
+        shares = []
+        for share in spec.shares:
+            try:
+                with Dir.secure(share.socket.parent, create=False) as directory:
+                    sock = directory.connect_unix(share.socket.name)
+            except OSError as exc:
+                raise VmmLaunchError(spec.name, f"cannot reach virtiofsd of share "
+                                     f"{share.tag!r} ({share.socket}): {exc}", [],
+                                     layout.vmm_log) from exc
+            stack.callback(sock.close)
+            shares.append(sock.fileno())
+        fds.shares = tuple(shares)
+        return fds
+
+    async def launch(self, spec: LaunchSpec, *, runtime: Dir, console_log: int,
+                     vmm_log: int, jail: VmmJail) -> VmmProcess:
+        for tool, package in ((self.qemu, "qemu-system-x86"), ("bwrap", "bubblewrap")):
+            if shutil.which(tool) is None:
+                raise VmmLaunchError(
+                    spec.name, f"binary {tool} is missing (install the Debian package "
+                    f"{package}){'; ' + INSTALL_BWRAP if tool == 'bwrap' else ''}",
+                    [tool], spec.layout.vmm_log)
+        with contextlib.ExitStack() as stack:
+            fds = self._open_fds(spec, runtime, console_log, stack)
+            command = build_command(spec, self.accel, fds, self.qemu)
+            info_read, info_write = os.pipe2(os.O_CLOEXEC)
+            stack.callback(_close_quietly, info_write)
+            argv = jail.sandbox(spec, self.accel).argv(command, info_fd=info_write)
+            monitor = proc.spawn(argv, stdout=vmm_log, stderr=vmm_log,
+                                 pass_fds=[*fds.all(), info_write])
+            os.close(info_write)
+            try:
+                pid = await asyncio.to_thread(read_child_pid, info_read)
+            except OSError as exc:
+                await asyncio.to_thread(monitor.wait)
+                raise VmmLaunchError(spec.name, f"did not start in its jail ({exc}; exit "
+                                     f"status {monitor.returncode})", argv,
+                                     spec.layout.vmm_log) from exc
+        vmm = VmmProcess(pid, monitor)
+        return await self._until_control_answers(spec, vmm, argv)
+
+    async def _until_control_answers(self, spec: LaunchSpec, vmm: VmmProcess,
+                                     argv: list[str]) -> VmmProcess:
+        layout = spec.layout
         deadline = asyncio.get_running_loop().time() + CONTROL_TIMEOUT
         while True:
             if vmm.exited():
                 await vmm.wait(1)
                 raise VmmLaunchError(spec.name, f"exited at start with status {vmm.returncode}",
-                                     command, layout.vmm_log)
-            if layout.control_socket.exists():
-                try:
-                    async with qmp_session(layout.control_socket, timeout=5):
-                        return vmm
-                except (OSError, TimeoutError):
-                    pass
+                                     argv, layout.vmm_log)
+            try:
+                async with qmp_session(layout.control_socket, timeout=2):
+                    return vmm
+            except (OSError, TimeoutError):
+                pass
             if asyncio.get_running_loop().time() > deadline:
                 vmm.kill()
                 await vmm.wait(5)
-                raise VmmLaunchError(spec.name, "control socket never answered", command,
+                raise VmmLaunchError(spec.name, "control socket never answered", argv,
                                      layout.vmm_log)
             await asyncio.sleep(0.05)
 
@@ -228,3 +371,4 @@ class QemuBackend(Backend):
             reply = await qmp.execute("query-status")
         assert isinstance(reply, dict)
         return str(reply.get("status", "unknown"))
+
