@@ -1,108 +1,201 @@
 """Running one virtiofsd per share, and the shared home's first-start copy of the template.
 
-vmsilod creates each share's vhost-user socket itself (owned by the VMM's user, mode 0600, in
-``<runtime dir>/virtiofs-<tag>/``) and hands the listening descriptor to virtiofsd, which runs
-as root in its own sandbox (namespaces, pivot_root, seccomp, dropped capabilities). Around it
-vmsilod adds its own IPC and UTS namespaces, a file-descriptor limit, and a capability
-bounding set of only what virtiofsd uses; a read-only share is also a read-only bind mount
-in virtiofsd's mount namespace, so that even a virtiofsd without ``--readonly`` (the C one)
-cannot write to it. virtiofsd ends by itself when the VMM disconnects; ``stop`` makes sure.
+virtiofsd never has real root: ``vmsilo.shares.userns`` starts it as root of its own user
+namespace whose id maps (``vmsilo.shares.idmap``) send the guest's ``user`` to the desktop
+user and every other guest id to the VM's unprivileged block, with its own mount, IPC and
+UTS namespaces, an open-file limit, a capability bounding set of what virtiofsd uses, and a
+read-only share bound read-only in its mount namespace (so even a virtiofsd without
+``--readonly``, the C one, cannot write to it). virtiofsd's own sandbox (pid/net/mount
+namespaces and pivot_root into the share) runs inside that.
+
+Each share has a root-owned directory ``<runtime dir>/virtiofs-<tag>/`` (mode 0700). vmsilod
+binds the vhost-user socket there itself and hands the listening descriptor to virtiofsd;
+vmsilod then connects to it and passes the connected socket to the VMM. The identity of the
+virtiofsd it started (pid, start time, executable: ``host/procid``) is recorded there too,
+and a later vmsilod adopts that process only if all three still match. virtiofsd ends by
+itself when the VMM disconnects; ``stop`` makes sure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import resource
-import shutil
+import select
 import signal
-import socket
+import stat
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmsilo.config.model import Virtiofs
 from vmsilo.errors import UserError
 from vmsilo.host import proc
+from vmsilo.host.ids import IdMapLine
+from vmsilo.host.procid import ProcessIdentity
+from vmsilo.host.safefs import Dir, UnsafePath
+from vmsilo.shares import userns
 from vmsilo.shares.plan import Share
 from vmsilo.shares.virtiofsd import RLIMIT_NOFILE, Virtiofsd, command
 
-# What virtiofsd needs: file ownership and permission overrides (it acts for any guest uid),
-# set*id for per-request credentials, mknod, file capabilities, file handles, and
-# sys_admin/sys_chroot for its own namespace sandbox, setpcap to drop the rest itself.
+log = logging.getLogger(__name__)
+
+# What virtiofsd needs, all of it counted in its user namespace only: file ownership and
+# permission overrides (for the guest's ids, on files whose ids the map names), set*id for
+# per-request credentials, mknod (the C one will not start without it; device nodes still
+# need CAP_MKNOD in the host's namespace, which it does not have), file capabilities (written
+# as namespaced ones), file handles, sys_admin/sys_chroot for its own namespace sandbox, and
+# setpcap to drop the rest itself.
 CAPABILITIES = (
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "setgid", "setuid",
     "mknod", "setfcap", "setpcap", "sys_admin", "sys_chroot",
 )  # fmt: skip
-START_CHECK_SECONDS = 0.3
+SOCKET = "socket"
+RECORD = "virtiofsd.json"  # the process identity, for re-adoption
+START_CHECK_SECONDS = 0.3  # an option virtiofsd rejects ends it within this
+EXEC_SECONDS = 10.0  # the launcher's own start, up to its exec of virtiofsd
 STOP_SECONDS = 5.0
-# Mounts the source read-only over itself in the (private) mount namespace, then runs argv.
-_READONLY_BIND = 'mount --bind -- "$0" "$0" && mount -o remount,bind,ro -- "$0" "$0" && exec "$@"'
+COPY_SECONDS = 100.0  # the template copy (the start stage allows 120 s in all)
+
+
+def directory_name(tag: str) -> str:
+    return f"virtiofs-{tag}"
+
+
+def share_directory(runtime_dir: Path, tag: str) -> Path:
+    return runtime_dir / directory_name(tag)
+
+
+@dataclass
+class IdMaps:
+    """virtiofsd's user-namespace maps (namespace id -> host id)."""
+
+    uids: tuple[IdMapLine, ...]
+    gids: tuple[IdMapLine, ...]
 
 
 @dataclass
 class RunningShare:
     tag: str
-    directory: Path  # virtiofs-<tag>/ in the runtime dir: socket and pid
+    directory: Path  # virtiofs-<tag>/ in the runtime dir: socket and process record
     process: subprocess.Popen[bytes] | None  # None when re-adopted (not our child)
-    pid: int
+    identity: ProcessIdentity
+    # A descriptor of the runtime directory (our own duplicate), to remove ``directory``.
+    runtime: Dir | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
 
     @property
     def socket(self) -> Path:
-        return self.directory / "socket"
+        return self.directory / SOCKET
 
 
-def share_directory(runtime_dir: Path, tag: str) -> Path:
-    return runtime_dir / f"virtiofs-{tag}"
+# -- the shared home ---------------------------------------------------------------------------
+
+
+def _staging_name(home: Path) -> str:
+    return f".{home.name}.vmsilo-new"
 
 
 def ensure_home(share: Share, template: Path, owner: tuple[int, int]) -> bool:
     """Create the shared home from the template if it does not exist; True if created.
-    An existing home is never touched. The copy is made beside it and renamed into place, so a
-    crash mid-copy leaves no half home."""
-    uid, gid = owner
-    if not template.exists():
-        template.parent.mkdir(parents=True, exist_ok=True)
-        template.mkdir(mode=0o755)
-        os.chown(template, uid, gid)
+
+    Root never works inside the user's tree. The template is root's (created empty, mode
+    0755, if missing; never chowned), and so is the home's parent (the shared root). Root
+    makes a fresh staging directory ``.<name>.vmsilo-new`` in that parent and gives *that
+    directory's descriptor* to the user; a child running as the user (privileges dropped
+    before exec) copies the template's contents into it, reaching both through descriptors,
+    so the kernel checks every file it reads and writes against the user; root then renames
+    it into place. An existing home is never touched; one that is a symbolic link, or not a
+    directory, is refused. Raises ``UserError`` (``UnsafePath`` for a foreign or linked
+    template or parent)."""
     home = share.source
-    if home.exists():
-        if not home.is_dir():
-            raise UserError(
-                f"{share.option_path}: {home} exists and is not a directory; "
-                "move it away or share another path"
-            )
+    existing = _existing_home(share)
+    if existing:
         return False
-    parent = home.parent
-    if not parent.exists():
-        parent.mkdir(parents=True, mode=0o755)
-        os.chown(parent, uid, gid)
-    staging = parent / f".{home.name}.vmsilo-new"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(template, staging, symlinks=True)
-    for root, dirs, files in os.walk(staging):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), uid, gid)
-    os.chown(staging, uid, gid)
-    os.chmod(staging, 0o700)
-    staging.rename(home)
+    with Dir.secure(template.parent) as state:
+        template_dir = state.sub(template.name, mode=0o755)
+    try:
+        try:
+            parent = Dir.secure(home.parent, mode=0o755)
+        except UnsafePath as exc:
+            raise UserError(
+                f"{share.option_path}: {home} does not exist and vmsilo creates a home only "
+                f"in a directory that is root's alone ({exc}); create {home} yourself, owned "
+                "by the desktop user, or share a home in such a directory") from exc
+        with parent:
+            if parent.exists(home.name):  # made since we looked: never touched
+                return False
+            staging = _staging_name(home)
+            parent.rmtree(staging)  # a crash's leftover (no link is followed)
+            os.mkdir(staging, 0o700, dir_fd=parent.fd)
+            fd = parent.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fchown(fd, *owner)
+                _copy_as(owner, template_dir.fd, fd, share)
+                os.fchmod(fd, 0o700)  # cp gave it the template's mode
+            except BaseException:
+                parent.rmtree(staging)
+                raise
+            finally:
+                os.close(fd)
+            parent.rename(staging, home.name)
+    finally:
+        template_dir.close()
     return True
 
 
-def _listening_socket(path: Path, owner: tuple[int, int] | None) -> socket.socket:
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _existing_home(share: Share) -> bool:
+    home = share.source
     try:
-        sock.bind(str(path))
-        if owner is not None:
-            os.chown(path, *owner)
-        os.chmod(path, 0o600)
-        sock.listen(1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        st = os.lstat(home)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(
+            f"{share.option_path}: {home} is a symbolic link; vmsilo shares a home only at "
+            "its real path: replace the link by the directory, or share the directory's path")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(
+            f"{share.option_path}: {home} exists and is not a directory; "
+            "move it away or share another path")
+    return True
+
+
+def _copy_as(owner: tuple[int, int], source_fd: int, target_fd: int, share: Share) -> None:
+    """Copy the contents of directory ``source_fd`` into ``target_fd`` as ``owner``: the
+    child reaches both through its own ``/proc/self/fd`` (no path of ours it could be
+    redirected through); ownership is not preserved, so everything is the user's."""
+    uid, gid = owner
+    argv = ["cp", "-a", "--no-preserve=ownership", "--",
+            f"/proc/self/fd/{source_fd}/.", f"/proc/self/fd/{target_fd}/"]  # fmt: skip
+    process = proc.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         pass_fds=[source_fd, target_fd], user=uid, group=gid,
+                         extra_groups=[], new_session=False)  # fmt: skip
+    try:
+        _, err = process.communicate(timeout=COPY_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise UserError(
+            f"{share.option_path}: copying the home template took longer than "
+            f"{COPY_SECONDS:g} s; make the template smaller") from None
+    if process.returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise UserError(
+            f"{share.option_path}: the home template could not be copied as uid {uid} "
+            f"({'; '.join(detail) or f'cp exited with status {process.returncode}'}); make "
+            "the template's files readable by that user")
+
+
+# -- starting and stopping virtiofsd -----------------------------------------------------------
 
 
 CAP_SYS_RESOURCE = 24
@@ -122,49 +215,97 @@ def nofile_limit() -> int:
     return min(RLIMIT_NOFILE, hard)
 
 
-def wrapper(share: Share, found: Virtiofsd, argv: list[str]) -> list[str]:
-    """virtiofsd's argv inside vmsilod's own confinement."""
-    limit = nofile_limit()
-    bounding = "-all," + ",".join(f"+{cap}" for cap in CAPABILITIES)
-    wrapped = ["unshare", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
-               "prlimit", f"--nofile={limit}:{limit}", "--",
-               "setpriv", f"--bounding-set={bounding}", "--"]  # fmt: skip
-    if share.readonly and found.flavour == "qemu":
-        wrapped += ["sh", "-c", _READONLY_BIND, str(share.source)]
-    return wrapped + argv
+def launch_command(share: Share, maps: IdMaps, argv: Sequence[str],
+                   python: str = sys.executable) -> list[str]:
+    """virtiofsd's ``argv`` inside its user namespace and vmsilod's confinement."""
+    return userns.command(python, maps.uids, maps.gids, nofile=nofile_limit(),
+                          capabilities=CAPABILITIES,
+                          readonly=share.source if share.readonly else None,
+                          program=argv)  # fmt: skip
+
+
+def _mapped(host_id: int, lines: Sequence[IdMapLine]) -> bool:
+    return any(line.outside <= host_id < line.outside + line.count for line in lines)
+
+
+def unreachable(source: Path, maps: IdMaps) -> tuple[Path, os.stat_result] | None:
+    """The first directory on the way to ``source`` (or ``source`` itself) that virtiofsd,
+    as the namespace's root, cannot pass (search) or, for ``source``, list; None if it
+    can. Its capabilities count only on files whose owner and group the maps name; elsewhere
+    the mode bits decide. A directory with an ACL is left to the kernel."""
+    root_uid, root_gid = maps.uids[0].outside, maps.gids[0].outside  # namespace id 0
+    chain = [*reversed(source.parents), source]
+    for index, directory in enumerate(chain):
+        st = os.stat(directory)
+        if _mapped(st.st_uid, maps.uids) and _mapped(st.st_gid, maps.gids):
+            continue
+        if st.st_uid == root_uid:
+            bits = (st.st_mode >> 6) & 0o7
+        elif st.st_gid == root_gid:
+            bits = (st.st_mode >> 3) & 0o7
+        else:
+            bits = st.st_mode & 0o7
+        needed = 0o5 if index == len(chain) - 1 else 0o1
+        if bits & needed != needed and not _has_acl(directory):
+            return directory, st
+    return None
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        return "system.posix_acl_access" in os.listxattr(path)
+    except OSError:
+        return False
 
 
 def start(
     found: Virtiofsd,
     share: Share,
     settings: Virtiofs,
-    runtime_dir: Path,
+    maps: IdMaps,
+    runtime: Dir,
+    log_fd: int | None,
     log_path: Path,
-    owner: tuple[int, int] | None,
 ) -> RunningShare:
+    """Start virtiofsd for ``share``; ``log_fd`` (closed by the caller) takes its output,
+    None for none. Raises ``UserError`` naming the share's option and the fix."""
     if not share.source.is_dir():
         raise UserError(
             f"{share.option_path}: {share.source} is not a directory on the host; "
             "create it or fix the path"
         )
-    directory = share_directory(runtime_dir, share.tag)
-    directory.mkdir(mode=0o700, exist_ok=True)
-    if owner is not None:
-        os.chown(directory, *owner)
-    sock = _listening_socket(directory / "socket", owner)
+    blocked = unreachable(share.source, maps)
+    if blocked is not None:
+        where, st = blocked
+        raise UserError(
+            f"{share.option_path}: virtiofsd runs as the VM's unprivileged ids and cannot "
+            f"reach {share.source}: {where} is mode {stat.S_IMODE(st.st_mode):04o}, owned by "
+            f"{st.st_uid}:{st.st_gid}; let others search it (chmod o+x {where}"
+            f"{', and o+r for the shared directory itself' if where == share.source else ''})"
+            ", or share a directory elsewhere")
+    name = directory_name(share.tag)
+    directory = runtime.sub(name, fresh=True)
     try:
-        argv = wrapper(
-            share,
-            found,
-            command(found, share.options, settings, source=str(share.source), fd=sock.fileno()),
-        )
-        quiet = share.options.log_level == "off"
-        with open(os.devnull if quiet else log_path, "ab") as log:
-            process = proc.spawn(argv, stdout=log, stderr=log, pass_fds=[sock.fileno()])
+        sock = directory.listen_unix(SOCKET, backlog=1)
+        try:
+            argv = launch_command(
+                share, maps,
+                command(found, share.options, settings, source=str(share.source),
+                        fd=sock.fileno()))  # fmt: skip
+            output: int = subprocess.DEVNULL if log_fd is None else log_fd
+            process = proc.spawn(argv, stdout=output, stderr=output, pass_fds=[sock.fileno()])
+        finally:
+            sock.close()
+        try:
+            identity = _await_exec(process, found)
+            directory.write_atomic(RECORD, json.dumps(identity.to_json()))
+        except BaseException:
+            proc.stop(process, STOP_SECONDS)
+            raise
     finally:
-        sock.close()
-    running = RunningShare(share.tag, directory, process, process.pid)
-    (directory / "pid").write_text(f"{process.pid}\n")
+        directory.close()
+    running = RunningShare(share.tag, runtime.path / name, process, identity,
+                           Dir(os.dup(runtime.fd), runtime.path))
     time.sleep(START_CHECK_SECONDS)  # an option it rejects ends it at once
     if process.poll() is not None:
         stop(running)
@@ -175,43 +316,64 @@ def start(
     return running
 
 
-def _is_ours(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"virtiofsd" in cmdline
+def _await_exec(process: subprocess.Popen[bytes], found: Virtiofsd) -> ProcessIdentity:
+    """virtiofsd's identity, once the launcher has exec'd it (or its own, if it ended)."""
+    expected = os.path.realpath(found.path)
+    deadline = time.monotonic() + EXEC_SECONDS
+    while True:
+        identity = ProcessIdentity.of(process.pid)
+        if identity is None or identity.exe == expected or process.poll() is not None:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return identity or ProcessIdentity(process.pid, 0, expected)
 
 
-def adopt(runtime_dir: Path, tag: str) -> RunningShare | None:
-    """The virtiofsd a previous vmsilod started for this share, if it still runs."""
-    directory = share_directory(runtime_dir, tag)
+def adopt(runtime: Dir, tag: str) -> RunningShare | None:
+    """The virtiofsd a previous vmsilod started for this share, if its recorded identity
+    (pid, start time, executable) still names a live process."""
+    name = directory_name(tag)
     try:
-        pid = int((directory / "pid").read_text().strip())
-    except (OSError, ValueError):
+        with runtime.sub(name, create=False) as directory:
+            identity = ProcessIdentity.from_json(json.loads(directory.read(RECORD)))
+    except FileNotFoundError:
         return None
-    if not _is_ours(pid):
+    except (OSError, UserError, ValueError) as exc:
+        log.warning("virtiofsd of share %s: not adopted (%s)", tag, exc)
         return None
-    return RunningShare(tag, directory, None, pid)
+    if not identity.alive():
+        return None
+    return RunningShare(tag, runtime.path / name, None, identity,
+                        Dir(os.dup(runtime.fd), runtime.path))
 
 
 def stop(running: RunningShare) -> None:
-    """End virtiofsd (if the VMM's exit has not already) and remove its socket directory."""
+    """End virtiofsd (if the VMM's exit has not already) and remove its directory."""
     if running.process is not None:
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
-    elif _is_ours(running.pid):
+        proc.stop(running.process, STOP_SECONDS)
+    else:
+        _stop_adopted(running.identity)
+    if running.runtime is not None:
+        running.runtime.rmtree(directory_name(running.tag))
+        running.runtime.close()
+        running.runtime = None
+
+
+def _stop_adopted(identity: ProcessIdentity) -> None:
+    """SIGTERM, a bounded wait, SIGKILL — through a pidfd checked against the identity, so a
+    reused pid is never signalled."""
+    fd = identity.pidfd()
+    if fd is None:
+        return
+    try:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(running.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECONDS
-        while _is_ours(running.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            if _is_ours(running.pid):
-                os.kill(running.pid, signal.SIGKILL)
-    shutil.rmtree(running.directory, ignore_errors=True)
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # readable once the process has ended
+        if not poller.poll(STOP_SECONDS * 1000):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            poller.poll(STOP_SECONDS * 1000)
+    finally:
+        os.close(fd)

@@ -1,24 +1,32 @@
 """vmsilod's shared-folder service: checks a VM's shares against the installed virtiofsd when
-the VM is planned (so an option it cannot honour stops the start before anything runs), says
-what the launch spec and the guest need, and starts and stops the virtiofsd processes.
+the VM is planned (so an option it cannot honour, or an id map that would give a guest
+privileged host ids, stops the start before anything runs), says what the launch spec and
+the guest need, and starts, adopts and stops the virtiofsd processes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pwd
+from collections.abc import Callable
 from pathlib import Path
 
 from vmsilo.config import ResolvedVm
 from vmsilo.errors import UserError
 from vmsilo.host.paths import Mode, Paths
+from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.spec import FsShare, LaunchSpec
 from vmsilo.protocol.shareparams import GuestShare, GuestShares
 from vmsilo.shares import runner, virtiofsd
+from vmsilo.shares.idmap import IdMapError, IdOptions, namespace_map
 from vmsilo.shares.plan import Share, shares_for
 from vmsilo.shares.virtiofsd import INSTALL_RUST, Virtiofsd
 
 log = logging.getLogger(__name__)
+
+# (log file name) -> a descriptor open for appending, which the callee closes.
+OpenLog = Callable[[str], int]
 
 
 class ShareService:
@@ -40,9 +48,22 @@ class ShareService:
         return self._found
 
     def owner(self) -> tuple[int, int]:
-        """The configured user's uid and gid: the shared home's owner and the guest user's."""
+        """The configured user's uid and gid: the shared home's owner, and the host ids of
+        the guest's ``user``."""
         entry = pwd.getpwnam(self.user)
         return entry.pw_uid, entry.pw_gid
+
+    def id_maps(self, rvm: ResolvedVm, share: Share, found: Virtiofsd) -> runner.IdMaps:
+        """virtiofsd's namespace maps for ``share``; ``IdMapError`` names a bad option."""
+        uid, gid = self.owner()
+        o = share.options
+        return runner.IdMaps(
+            uids=namespace_map(rvm.cid, uid, IdOptions(o.uid_map, o.translate_uid),
+                               found.flavour),
+            gids=namespace_map(rvm.cid, gid,
+                               IdOptions(o.gid_map, o.translate_gid, "gidMap", "translateGid"),
+                               found.flavour),
+        )  # fmt: skip
 
     def check(self, rvm: ResolvedVm) -> list[Share]:
         """The VM's shares, or a UserError naming what cannot be served here and the fix."""
@@ -64,9 +85,8 @@ class ShareService:
             )
         problems = []
         for share in shares:
-            for option, value in virtiofsd.unsupported(
-                share.options, rvm.vm.virtiofs, found.flavour
-            ):
+            lacking = virtiofsd.unsupported(share.options, rvm.vm.virtiofs, found.flavour)
+            for option, value, why in lacking:
                 where = (
                     f"vms.{rvm.name}.{option}"
                     if option.startswith("virtiofs.")
@@ -74,9 +94,13 @@ class ShareService:
                 )
                 problems.append(
                     f"{where} = {value}: the installed virtiofsd ({found.path}, "
-                    f"QEMU's C virtiofsd {found.version}) cannot honour it; "
-                    f"{INSTALL_RUST}, or remove the option"
+                    f"{found.flavour} flavour {found.version}) runs in a user namespace; {why}"
                 )
+            if not lacking:
+                try:
+                    self.id_maps(rvm, share, found)
+                except IdMapError as exc:
+                    problems.append(f"{share.option_path}.{exc}")
         if problems:
             raise UserError("; ".join(dict.fromkeys(problems)))
         return shares
@@ -84,29 +108,31 @@ class ShareService:
     def launch_parts(
         self, rvm: ResolvedVm, runtime_dir: Path
     ) -> tuple[tuple[FsShare, ...], tuple[str, ...]]:
-        """The launch spec's shares and the guest's words for them."""
+        """The launch spec's shares and the guest's words for them. The guest's ``user``
+        keeps its ids (1000): the namespace map makes them the desktop user's on the host."""
         shares = self.check(rvm)
         if not shares:
             return (), ()
-        uid, gid = self.owner()
         specs = tuple(
-            FsShare(s.tag, runner.share_directory(runtime_dir, s.tag) / "socket") for s in shares
+            FsShare(s.tag, runner.share_directory(runtime_dir, s.tag) / runner.SOCKET)
+            for s in shares
         )
         words = GuestShares(
-            shares=[GuestShare(s.tag, s.mount_point, s.readonly) for s in shares],
-            uid=uid,
-            gid=gid,
+            shares=[GuestShare(s.tag, s.mount_point, s.readonly) for s in shares]
         ).encode()
         return specs, tuple(words)
 
     def start_all(
-        self, rvm: ResolvedVm, spec: LaunchSpec, vmm_owner: tuple[int, int] | None
+        self, rvm: ResolvedVm, spec: LaunchSpec, runtime: Dir, open_log: OpenLog
     ) -> list[runner.RunningShare]:
-        """Start every share's virtiofsd (the home created from the template first); on a
-        failure the ones started are stopped again."""
+        """Start every share's virtiofsd (the home created from the template first), each
+        in ``runtime``'s ``virtiofs-<tag>/``, its output in ``open_log("virtiofsd-<tag>.log")``
+        (closed here once virtiofsd has it). On a failure the ones started are stopped
+        again."""
         # The plan stage already checked these shares against the found virtiofsd.
         shares = shares_for(rvm, self.paths)
         found = self.virtiofsd()
+        assert found is not None
         running: list[runner.RunningShare] = []
         try:
             for share in shares:
@@ -119,17 +145,15 @@ class ShareService:
                         share.source,
                         self.paths.home_template,
                     )
-                assert found is not None
-                running.append(
-                    runner.start(
-                        found,
-                        share,
-                        rvm.vm.virtiofs,
-                        spec.layout.runtime_dir,
-                        spec.layout.log_dir / f"virtiofsd-{share.tag}.log",
-                        vmm_owner,
-                    )
-                )
+                name = f"virtiofsd-{share.tag}.log"
+                log_fd = None if share.options.log_level == "off" else open_log(name)
+                maps = self.id_maps(rvm, share, found)
+                try:
+                    running.append(runner.start(found, share, rvm.vm.virtiofs, maps, runtime,
+                                                log_fd, spec.layout.log_dir / name))
+                finally:
+                    if log_fd is not None:
+                        os.close(log_fd)
         except BaseException:
             self.stop_all(running)
             raise
@@ -141,6 +165,8 @@ class ShareService:
             runner.stop(share)
 
     @staticmethod
-    def adopt_all(spec: LaunchSpec) -> list[runner.RunningShare]:
-        adopted = [runner.adopt(spec.layout.runtime_dir, share.tag) for share in spec.shares]
+    def adopt_all(spec: LaunchSpec, runtime: Dir) -> list[runner.RunningShare]:
+        """The virtiofsd processes a previous vmsilod started for ``spec``'s shares that
+        still run (checked by their recorded identity)."""
+        adopted = [runner.adopt(runtime, share.tag) for share in spec.shares]
         return [share for share in adopted if share is not None]

@@ -2,8 +2,10 @@
 
 Two flavours exist: the Rust virtiofsd (Debian package ``virtiofsd``, in ``/usr/libexec`` or
 on ``PATH``) and the C one QEMU shipped until 8.0 (``/usr/lib/qemu/virtiofsd``). vmsilo uses
-the Rust one when it is installed. The C one lacks some options; ``unsupported`` names each
-option a share sets that the found flavour cannot honour, so the VM is refused before
+the Rust one when it is installed. Either runs as root of a user namespace vmsilod made
+(``runner``), so ``uidMap``/``gidMap`` are lines of that namespace's map (``idmap``) and are
+never passed to virtiofsd. The C one lacks some options; ``unsupported`` names each option a
+share sets that the found flavour cannot honour in that namespace, so the VM is refused before
 anything starts instead of an option being dropped silently. Pure, apart from ``find``.
 """
 
@@ -13,12 +15,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from vmsilo.config.model import SharedDirectory, Virtiofs
 from vmsilo.host import proc
-
-Flavour = Literal["rust", "qemu"]
+from vmsilo.shares.idmap import NAMESPACE_TRANSLATIONS, Flavour, unsupported_translation
 
 # Searched in order; VMSILO_VIRTIOFSD names one explicitly.
 CANDIDATES = (
@@ -72,32 +72,39 @@ def find() -> Virtiofsd | None:
     return None
 
 
+# Why an option cannot be honoured, and the fix, for ``unsupported``.
+LACKS_C = f"QEMU's C virtiofsd cannot honour it; {INSTALL_RUST}, or remove the option"
+LACKS_TRANSLATION = (
+    f"QEMU's C virtiofsd has no id translation, and its user namespace can express only "
+    f"{' and '.join(repr(k) for k in NAMESPACE_TRANSLATIONS)} translations; {INSTALL_RUST}, "
+    "or use one of those")
+LACKS_HANDLES = (
+    "file handles need CAP_DAC_READ_SEARCH in the host's user namespace, which virtiofsd "
+    'no longer has (it runs as root of its own); use "prefer" or "never"')
+
+
 def unsupported(
     share: SharedDirectory, settings: Virtiofs, flavour: Flavour
-) -> list[tuple[str, str]]:
-    """(option, value) pairs of ``share`` (and the VM's ``virtiofs`` settings) that
-    ``flavour`` cannot honour."""
-    if flavour == "rust":
-        return []
-    lacking: list[tuple[str, str]] = []
-    for option, value in (
-        ("uidMap", share.uid_map),
-        ("gidMap", share.gid_map),
-        ("translateUid", share.translate_uid),
-        ("translateGid", share.translate_gid),
-    ):
-        if value is not None:
-            lacking.append((option, repr(value)))
+) -> list[tuple[str, str, str]]:
+    """(option, value, why and the fix) of each option of ``share`` (and the VM's
+    ``virtiofs`` settings) that ``flavour`` cannot honour in vmsilo's user namespace."""
+    lacking: list[tuple[str, str, str]] = []
     if share.inode_file_handles == "mandatory":
-        lacking.append(("inodeFileHandles", '"mandatory"'))
+        lacking.append(("inodeFileHandles", '"mandatory"', LACKS_HANDLES))
+    if flavour == "rust":
+        return lacking
+    for option, value in (("translateUid", share.translate_uid),
+                          ("translateGid", share.translate_gid)):  # fmt: skip
+        if unsupported_translation(value, flavour):
+            lacking.append((option, repr(value), LACKS_TRANSLATION))
     if share.cache == "metadata":
-        lacking.append(("cache", '"metadata"'))
+        lacking.append(("cache", '"metadata"', LACKS_C))
     if share.allow_mmap:
-        lacking.append(("allowMmap", "true"))
+        lacking.append(("allowMmap", "true", LACKS_C))
     if share.preserve_noatime:
-        lacking.append(("preserveNoatime", "true"))
+        lacking.append(("preserveNoatime", "true", LACKS_C))
     if settings.seccomp_policy != "kill":
-        lacking.append(("virtiofs.seccompPolicy", f'"{settings.seccomp_policy}"'))
+        lacking.append(("virtiofs.seccompPolicy", f'"{settings.seccomp_policy}"', LACKS_C))
     return lacking
 
 
@@ -105,8 +112,9 @@ def command(
     found: Virtiofsd, share: SharedDirectory, settings: Virtiofs, *, source: str, fd: int
 ) -> list[str]:
     """virtiofsd's argv for one share; it serves the vhost-user socket on ``fd`` (vmsilod
-    creates and owns the socket). ``readonly`` with the C flavour is enforced by the caller
-    (a read-only bind mount), as that flavour has no such option."""
+    creates and owns the socket). ``readonly`` is also a read-only bind mount made by the
+    launcher, for both flavours; the C one has no option for it. A translation the C one
+    can honour is folded into the namespace map instead (``idmap``)."""
     if found.flavour == "rust":
         return _rust(found.path, share, settings, source, fd)
     return _qemu(found.path, share, settings, source, fd)
@@ -131,8 +139,8 @@ def _rust(path: str, s: SharedDirectory, v: Virtiofs, source: str, fd: int) -> l
         "--preserve-noatime": s.preserve_noatime,
     }
     argv += [flag for flag, wanted in flags.items() if wanted]
-    for flag, value in (("--uid-map", s.uid_map), ("--gid-map", s.gid_map),
-                        ("--translate-uid", s.translate_uid),
+    # uidMap/gidMap are vmsilo's namespace map, not virtiofsd's (it runs as root inside).
+    for flag, value in (("--translate-uid", s.translate_uid),
                         ("--translate-gid", s.translate_gid)):  # fmt: skip
         if value is not None:
             argv.append(f"{flag}={value}")

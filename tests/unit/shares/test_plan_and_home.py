@@ -1,5 +1,7 @@
 """Which folders a VM shares, the words the guest gets for them, and the shared home's
-first-start copy of the template (never over an existing home)."""
+first-start copy of the template: made by a child running as the desktop user into a
+directory root created for it, never over an existing home, never through a link, never in a
+directory someone else controls."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from vmsilo.config import parse_config, resolve
 from vmsilo.errors import UserError
 from vmsilo.host.paths import Mode, Paths
+from vmsilo.host.safefs import UnsafePath
 from vmsilo.protocol.shareparams import GuestShare, GuestShares, ShareParamError, decode
 from vmsilo.shares.plan import shares_for
 from vmsilo.shares.runner import ensure_home
@@ -81,31 +84,81 @@ def _share(tmp_path: Path):  # type: ignore[no-untyped-def]
     return shares_for(resolve(config).vms["a"], Paths.under(tmp_path, Mode.SYSTEM))[0]
 
 
+# The copy runs for real as `nobody` (the tests' desktop user), which only root can switch to.
+NOBODY = (65534, 65534)
+
+
+def _owners(tree: Path) -> set[tuple[int, int]]:
+    return {(p.lstat().st_uid, p.lstat().st_gid) for p in [tree, *tree.rglob("*")]}
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy drops root to the desktop user")
 def test_a_missing_home_is_copied_from_the_template_once(tmp_path: Path) -> None:
-    me = (os.getuid(), os.getgid())
     template = tmp_path / "state" / "home-template"
-    template.mkdir(parents=True)
+    template.mkdir(parents=True, mode=0o755)
     (template / ".profile").write_text("from template\n")
     (template / "sub").mkdir()
     (template / "sub" / "f").write_text("x")
+    (template / "link").symlink_to("/etc/shadow")  # copied as a link, never followed
     share = _share(tmp_path)
-    assert ensure_home(share, template, me) is True
-    assert (share.source / ".profile").read_text() == "from template\n"
-    assert (share.source / "sub" / "f").read_text() == "x"
-    assert oct(share.source.stat().st_mode & 0o777) == "0o700"
-    (share.source / ".profile").write_text("mine\n")
+    assert ensure_home(share, template, NOBODY) is True
+    home = share.source
+    assert (home / ".profile").read_text() == "from template\n"
+    assert (home / "sub" / "f").read_text() == "x"
+    assert os.readlink(home / "link") == "/etc/shadow"
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+    assert _owners(home) == {NOBODY}  # every file made by the user, none chowned by root
+    assert _owners(template) == {(0, 0)}  # the template stays root's
+    parent = home.parent.stat()
+    assert (parent.st_uid, oct(parent.st_mode & 0o777)) == (0, "0o755")
+    assert not (home.parent / ".a.vmsilo-new").exists()
+    (home / ".profile").write_text("mine\n")
     (template / ".new").write_text("later\n")
-    assert ensure_home(share, template, me) is False  # never overwritten
-    assert (share.source / ".profile").read_text() == "mine\n"
-    assert not (share.source / ".new").exists()
+    assert ensure_home(share, template, NOBODY) is False  # never overwritten
+    assert (home / ".profile").read_text() == "mine\n"
+    assert not (home / ".new").exists()
 
 
-def test_an_empty_template_is_created_when_missing(tmp_path: Path) -> None:
+@pytest.mark.allow_subprocess
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy drops root to the desktop user")
+def test_an_empty_root_owned_template_is_created_when_missing(tmp_path: Path) -> None:
     template = tmp_path / "state" / "home-template"
     share = _share(tmp_path)
-    assert ensure_home(share, template, (os.getuid(), os.getgid())) is True
+    assert ensure_home(share, template, NOBODY) is True
     assert template.is_dir() and list(template.iterdir()) == []
-    assert share.source.is_dir()
+    st = template.stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 0, "0o755")
+    assert share.source.is_dir() and share.source.stat().st_uid == NOBODY[0]
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy drops root to the desktop user")
+def test_the_copy_has_only_the_users_rights(tmp_path: Path) -> None:
+    """A template file the user may not read stops the copy (the kernel checked it): no
+    home, no staging directory left."""
+    template = tmp_path / "state" / "home-template"
+    template.mkdir(parents=True, mode=0o755)
+    secret = template / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    share = _share(tmp_path)
+    with pytest.raises(UserError, match=r"vms\.a\.sharedHome: the home template could not be "
+                                        r"copied as uid 65534 \(.*Permission denied"):
+        ensure_home(share, template, NOBODY)
+    assert not share.source.exists()
+    assert list(share.source.parent.iterdir()) == []
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy drops root to the desktop user")
+def test_a_crashed_copy_is_redone(tmp_path: Path) -> None:
+    share = _share(tmp_path)
+    staging = share.source.parent / ".a.vmsilo-new"
+    staging.mkdir(parents=True)
+    (staging / "half").write_text("left by a crash")
+    assert ensure_home(share, tmp_path / "state" / "home-template", NOBODY) is True
+    assert not staging.exists() and list(share.source.iterdir()) == []
 
 
 def test_a_home_path_that_is_a_file_is_an_error(tmp_path: Path) -> None:
@@ -114,3 +167,34 @@ def test_a_home_path_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     share.source.write_text("not a dir")
     with pytest.raises(UserError, match=r"vms\.a\.sharedHome: .* is not a directory"):
         ensure_home(share, tmp_path / "template", (os.getuid(), os.getgid()))
+
+
+def test_a_home_path_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    share = _share(tmp_path)
+    share.source.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    share.source.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"vms\.a\.sharedHome: .* is a symbolic link"):
+        ensure_home(share, tmp_path / "state" / "home-template", NOBODY)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a foreign owner")
+def test_a_template_or_shared_root_someone_else_controls_is_refused(tmp_path: Path) -> None:
+    share = _share(tmp_path)
+    template = tmp_path / "state" / "home-template"
+    template.mkdir(parents=True)
+    os.chown(template, *NOBODY)
+    with pytest.raises(UnsafePath, match="belongs to uid 65534"):
+        ensure_home(share, template, NOBODY)
+    os.chown(template, 0, 0)
+    template.rmdir()
+    template.symlink_to(tmp_path)
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        ensure_home(share, template, NOBODY)
+    template.unlink()
+    shared_root = share.source.parent
+    shared_root.mkdir()
+    os.chown(shared_root, *NOBODY)
+    with pytest.raises(UserError, match=r"vms\.a\.sharedHome: .* root's alone"):
+        ensure_home(share, template, NOBODY)
+    assert list(shared_root.iterdir()) == []

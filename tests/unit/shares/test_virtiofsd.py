@@ -1,5 +1,5 @@
-"""virtiofsd command lines for both flavours, the options the C one cannot honour, and the
-confinement vmsilod wraps around it."""
+"""virtiofsd command lines for both flavours, the options that cannot be honoured in its user
+namespace, and the launcher that puts it there."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from vmsilo.config.model import SharedDirectory, Virtiofs
+from vmsilo.host.ids import guest_id_map
+from vmsilo.shares import userns
 from vmsilo.shares.plan import Share
-from vmsilo.shares.runner import CAPABILITIES, wrapper
+from vmsilo.shares.runner import CAPABILITIES, IdMaps, launch_command, nofile_limit
 from vmsilo.shares.virtiofsd import Virtiofsd, command, unsupported
 
 RUST = Virtiofsd("/usr/libexec/virtiofsd", "rust", "1.10.1")
@@ -51,8 +53,6 @@ def test_rust_gets_every_option_as_a_flag() -> None:
         "--writeback",
         "--allow-direct-io",
         "--log-level=trace",
-        "--uid-map=:0:1000:1:",
-        "--gid-map=:0:1000:1:",
         "--translate-uid=map:1000:0:1",
         "--translate-gid=map:1000:0:1",
         "--preserve-noatime",
@@ -64,6 +64,14 @@ def test_rust_gets_every_option_as_a_flag() -> None:
     ):
         assert flag in argv, flag
     assert "--killpriv-v2" not in argv and "--posix-acl" not in argv
+    # uidMap/gidMap are lines of vmsilo's namespace map; virtiofsd runs as root inside it.
+    assert not any(a.startswith(("--uid-map", "--gid-map")) for a in argv)
+    # File handles need CAP_DAC_READ_SEARCH in the host's namespace, which it lacks there.
+    lacking = unsupported(share, Virtiofs(seccomp_policy="log"), "rust")
+    assert [(option, value) for option, value, _ in lacking] == [
+        ("inodeFileHandles", '"mandatory"')]
+    assert "CAP_DAC_READ_SEARCH" in lacking[0][2]
+    share = share.model_copy(update={"inode_file_handles": "prefer"})
     assert unsupported(share, Virtiofs(seccomp_policy="log"), "rust") == []
 
 
@@ -92,10 +100,9 @@ def test_qemu_gets_its_o_options() -> None:
 @pytest.mark.parametrize(
     ("settings", "option"),
     [
-        ({"uid_map": ":0:1000:1:"}, "uidMap"),
-        ({"gid_map": ":0:1000:1:"}, "gidMap"),
-        ({"translate_uid": "map:1000:0:1", "posix_acl": False}, "translateUid"),
-        ({"translate_gid": "map:1000:0:1", "posix_acl": False}, "translateGid"),
+        ({"translate_uid": "squash-guest:0:1000:4294967295", "posix_acl": False},
+         "translateUid"),
+        ({"translate_gid": "guest:0:1000:1", "posix_acl": False}, "translateGid"),
         ({"inode_file_handles": "mandatory"}, "inodeFileHandles"),
         ({"cache": "metadata"}, "cache"),
         ({"allow_mmap": True}, "allowMmap"),
@@ -106,16 +113,30 @@ def test_the_c_virtiofsd_names_what_it_cannot_honour(
     settings: dict[str, object], option: str
 ) -> None:
     share = SharedDirectory(path="/srv/docs", **settings)  # type: ignore[arg-type]
-    assert [name for name, _ in unsupported(share, Virtiofs(), "qemu")] == [option]
+    assert [name for name, _, _ in unsupported(share, Virtiofs(), "qemu")] == [option]
+
+
+def test_the_c_virtiofsd_honours_id_maps_and_namespace_translations() -> None:
+    share = SharedDirectory(path="/srv/docs", uid_map=":0:100000:10:", gid_map=":0:100000:10:",
+                            translate_uid="map:0:1000:1", posix_acl=False)  # fmt: skip
+    assert unsupported(share, Virtiofs(), "qemu") == []
 
 
 def test_the_c_virtiofsd_has_one_seccomp_policy() -> None:
     share = SharedDirectory(path="/srv/docs")
     lacking = unsupported(share, Virtiofs(seccomp_policy="none"), "qemu")
-    assert lacking == [("virtiofs.seccompPolicy", '"none"')]
+    assert [(option, value) for option, value, _ in lacking] == [
+        ("virtiofs.seccompPolicy", '"none"')]
+    assert "install the Rust virtiofsd" in lacking[0][2]
 
 
-def test_the_wrapper_confines_and_makes_readonly_shares_readonly_for_the_c_flavour() -> None:
+MAPS = IdMaps(uids=guest_id_map(3, 65534), gids=guest_id_map(3, 65534))
+
+
+@pytest.mark.parametrize("found", [QEMU, RUST])
+def test_the_launcher_gets_the_maps_limits_and_a_readonly_bind_for_both_flavours(
+    found: Virtiofsd,
+) -> None:
     share = Share(
         "docs",
         Path("/srv/docs"),
@@ -123,11 +144,36 @@ def test_the_wrapper_confines_and_makes_readonly_shares_readonly_for_the_c_flavo
         SharedDirectory(path="/srv/docs", readonly=True),
         "vms.a.sharedDirectories.docs",
     )
-    argv = wrapper(share, QEMU, ["virtiofsd", "--fd=3"])
-    assert argv[:6] == ["unshare", "--ipc", "--uts", "--mount", "--propagation", "private"]
-    bounding = next(a for a in argv if a.startswith("--bounding-set="))
-    assert bounding == "--bounding-set=-all," + ",".join(f"+{c}" for c in CAPABILITIES)
-    assert argv[argv.index("sh") :][:4][0] == "sh" and "/srv/docs" in argv
-    assert argv[-2:] == ["virtiofsd", "--fd=3"]
-    # The Rust flavour enforces --readonly itself: no bind mount.
-    assert "sh" not in wrapper(share, RUST, ["virtiofsd"])
+    program = command(found, share.options, Virtiofs(), source="/srv/docs", fd=3)
+    argv = launch_command(share, MAPS, program, python="/usr/bin/python3")
+    b = 0x50000000 + 3 * 0x10000
+    assert argv[:3] == ["/usr/bin/python3", "-m", "vmsilo.shares.userns"]
+    separator = argv.index("--")
+    assert argv[separator + 1 :] == program
+    options = argv[3:separator]
+    assert options == [
+        f"--nofile={nofile_limit()}",
+        "--capabilities=" + ",".join(CAPABILITIES),
+        f"--uid-map=0:{b}:1000", "--uid-map=1000:65534:1", f"--uid-map=1001:{b + 1001}:64534",
+        f"--gid-map=0:{b}:1000", "--gid-map=1000:65534:1", f"--gid-map=1001:{b + 1001}:64534",
+        "--readonly=/srv/docs",
+    ]  # fmt: skip
+    writable = Share("d", Path("/srv/d"), "/mnt/d", SharedDirectory(path="/srv/d"), "x")
+    argv = launch_command(writable, MAPS, program)
+    assert not any(a.startswith("--readonly") for a in argv[: argv.index("--")])
+
+
+def test_the_launcher_parses_its_own_argv_back() -> None:
+    argv = userns.command("py", MAPS.uids, MAPS.gids, nofile=4096, capabilities=CAPABILITIES,
+                          readonly=Path("/srv/docs"), program=["/bin/true", "--x"])  # fmt: skip
+    args = userns.parse(argv[3:])
+    assert args.program == ["/bin/true", "--x"]
+    assert [userns._map_line(v) for v in args.uid_map] == list(MAPS.uids)
+    assert (args.nofile, args.readonly) == (4096, "/srv/docs")
+    assert args.capabilities.split(",") == list(CAPABILITIES)
+
+
+def test_the_launcher_refuses_unknown_capabilities() -> None:
+    with pytest.raises(ValueError, match="unknown capabilities: net_admin"):
+        userns.command("py", MAPS.uids, MAPS.gids, nofile=1, capabilities=["net_admin"],
+                       readonly=None, program=["x"])  # fmt: skip

@@ -1,0 +1,237 @@
+"""Start a program as root of a new user namespace with the uid and gid maps vmsilod chose:
+virtiofsd's launcher. Run by vmsilod (as root) as ``python -m vmsilo.shares.userns``; it
+ends by exec'ing the program, so the pid vmsilod spawned is the program's.
+
+Only a process that is privileged in the parent namespace may write a map of more than one
+line (``user_namespaces(7)``, "Defining user and group ID mappings"), and the process whose
+namespace it is has lost those privileges the moment it unshared. So the launcher, still
+single-threaded, forks a helper first: the launcher unshares (user, mount, IPC and UTS
+namespaces at once, so the others belong to the new user namespace), the helper (still root
+of the host) writes ``/proc/<launcher>/uid_map`` and ``gid_map`` and exits, and the launcher
+then becomes uid and gid 0 *inside*, i.e. the VM's own unprivileged ids outside.
+
+From there it works with the namespace's identity only: the read-only bind of a read-only
+share, the capability bounding set (a new user namespace starts with a full one, so this
+comes after the unshare), then exec. Before the unshare, as real root, it clears the
+supplementary groups and sets the open-file limit (raising a hard limit needs
+``CAP_SYS_RESOURCE`` in the host's namespace). Errors go to stderr (virtiofsd's log) with
+exit status 1.
+
+Inside, capabilities only act on files whose owner and group the map names: virtiofsd can
+create, chown and override permissions for the guest's ids, but never on a host file of an
+unmapped id (root's, say), never make a device node (``CAP_MKNOD`` counts only in the host's
+namespace), and setuid/setgid bits it sets can only name mapped ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vmsilo.host.ids import IdMapLine
+
+MODULE = "vmsilo.shares.userns"
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+PR_CAPBSET_DROP = 24
+SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64 alike (new syscalls share numbers)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+# capabilities(7) numbers of the names vmsilod may keep.
+CAPABILITY_NUMBERS = {
+    "chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4,
+    "kill": 5, "setgid": 6, "setuid": 7, "setpcap": 8, "sys_chroot": 18, "sys_admin": 21,
+    "sys_resource": 24, "mknod": 27, "setfcap": 31,
+}  # fmt: skip
+
+
+class LaunchError(Exception):
+    pass
+
+
+def command(
+    python: str,
+    uid_map: Sequence[IdMapLine],
+    gid_map: Sequence[IdMapLine],
+    *,
+    nofile: int,
+    capabilities: Sequence[str],
+    readonly: Path | None,
+    program: Sequence[str],
+) -> list[str]:
+    """The launcher's argv: ``program`` runs as root of a user namespace with these maps,
+    ``capabilities`` as its bounding set, ``nofile`` as its open-file limit, and
+    ``readonly`` (a directory) bound read-only over itself in its mount namespace."""
+    unknown = sorted(set(capabilities) - CAPABILITY_NUMBERS.keys())
+    if unknown:
+        raise ValueError(f"unknown capabilities: {', '.join(unknown)}")
+    argv = [python, "-m", MODULE, f"--nofile={nofile}",
+            f"--capabilities={','.join(capabilities)}"]  # fmt: skip
+    argv += [f"--uid-map={line.inside}:{line.outside}:{line.count}" for line in uid_map]
+    argv += [f"--gid-map={line.inside}:{line.outside}:{line.count}" for line in gid_map]
+    if readonly is not None:
+        argv.append(f"--readonly={readonly}")
+    return [*argv, "--", *program]
+
+
+# -- the launcher process ----------------------------------------------------------------------
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise LaunchError(f"{what}: {os.strerror(code)}") from OSError(code, os.strerror(code))
+
+
+def _map_line(text: str) -> IdMapLine:
+    inside, outside, count = (int(part) for part in text.split(":"))
+    return IdMapLine(inside, outside, count)
+
+
+def _write_maps(pid: int, uid_map: Sequence[IdMapLine], gid_map: Sequence[IdMapLine]) -> None:
+    # Each map is written in one write(2), as the kernel requires. setgroups stays "allow":
+    # the writer is privileged, and the groups a process inside can set are mapped ones.
+    for name, lines in (("uid_map", uid_map), ("gid_map", gid_map)):
+        text = "".join(f"{line.render()}\n" for line in lines).encode()
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+
+
+def _helper(ready: int, launcher: int, uid_map: list[IdMapLine],
+            gid_map: list[IdMapLine]) -> None:
+    """The forked helper: wait until the launcher has unshared, write its maps, exit."""
+    try:
+        if os.read(ready, 1) != b"1":
+            os._exit(1)  # the launcher failed before unsharing and said so itself
+        _write_maps(launcher, uid_map, gid_map)
+    except BaseException as exc:  # reported; the exit status tells the launcher
+        print(f"vmsilo-userns: cannot write the id maps of pid {launcher}: {exc}",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+    os._exit(0)
+
+
+def _enter(uid_map: list[IdMapLine], gid_map: list[IdMapLine]) -> None:
+    libc = _libc()
+    ready_read, ready_write = os.pipe()
+    launcher = os.getpid()
+    helper = os.fork()
+    if helper == 0:
+        os.close(ready_write)
+        _helper(ready_read, launcher, uid_map, gid_map)
+    os.close(ready_read)
+    try:
+        _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS),
+               "unshare(user, mount, IPC, UTS namespaces)")  # fmt: skip
+        os.write(ready_write, b"1")
+    finally:
+        os.close(ready_write)
+        _, status = os.waitpid(helper, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise LaunchError("the helper could not write the id maps")
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _readonly_bind(libc: ctypes.CDLL, path: str) -> None:
+    """``path`` read-only, with everything mounted below it, in this mount namespace."""
+    target = path.encode()
+    _check(libc.mount(target, target, None, MS_BIND | MS_REC, None), f"bind {path}")
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]  # fmt: skip
+
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    result = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, target, AT_RECURSIVE,
+                          ctypes.byref(attr), ctypes.sizeof(attr))  # fmt: skip
+    if result == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _check(result, f"make {path} read-only")
+    # Before Linux 5.12: remount the top mount only, keeping the flags a user namespace may
+    # not clear (nosuid, nodev, noexec, atime ones), which statvfs reports in the same bits.
+    kept = os.statvfs(path).f_flag & (0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000)
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | (kept & ~0x1000) | (0x200000 if kept & 0x1000 else 0)
+    _check(libc.mount(None, target, None, flags, None), f"make {path} read-only")
+
+
+def _limit_capabilities(libc: ctypes.CDLL, keep: set[int]) -> None:
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+
+
+def launch(args: argparse.Namespace) -> None:
+    """Everything but the exec (see the module docstring for the order and why)."""
+    uid_map = [_map_line(v) for v in args.uid_map]
+    gid_map = [_map_line(v) for v in args.gid_map]
+    if not uid_map or not gid_map:
+        raise LaunchError("both --uid-map and --gid-map are needed")
+    keep = {CAPABILITY_NUMBERS[name] for name in args.capabilities.split(",") if name}
+    os.setgroups([])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
+    _enter(uid_map, gid_map)
+    libc = _libc()
+    # Nothing mounted here travels back to the host's namespace, nor the other way.
+    _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    if args.readonly:
+        _readonly_bind(libc, args.readonly)
+    _limit_capabilities(libc, keep)
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=MODULE, description=__doc__.splitlines()[0])
+    parser.add_argument("--uid-map", action="append", default=[],
+                        help="inside:outside:count (repeat)")
+    parser.add_argument("--gid-map", action="append", default=[],
+                        help="inside:outside:count (repeat)")
+    parser.add_argument("--nofile", type=int, required=True)
+    parser.add_argument("--capabilities", required=True, help="comma-separated names")
+    parser.add_argument("--readonly", help="bind this directory read-only over itself")
+    parser.add_argument("program", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.program[:1] == ["--"]:
+        args.program = args.program[1:]
+    if not args.program:
+        parser.error("no program to run")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        launch(args)
+        os.execv(args.program[0], args.program)
+    except (LaunchError, OSError, ValueError) as exc:
+        print(f"vmsilo-userns: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 1  # not reached: exec replaced us
+
+
+if __name__ == "__main__":
+    sys.exit(main())
