@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from vmsilo import systemd
+from vmsilo.channel.stream import Stream
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
 from vmsilo.daemon import balloond
 from vmsilo.daemon.dbusproxy import ProxyLauncher
@@ -82,8 +83,10 @@ class Daemon:
             if entry.pw_uid != 0:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
-        self.dbus_proxies = ProxyLauncher(paths, self.owner)
-        self.wayland = WaylandLauncher(paths, self.owner)
+        # Helpers get streams to their own VM's port through a broker, never the control
+        # socket; the supervisor (made below) opens them.
+        self.dbus_proxies = ProxyLauncher(paths, self.owner, self._open_port)
+        self.wayland = WaylandLauncher(paths, self.owner, self._open_port)
         self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
                                    else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
@@ -92,6 +95,10 @@ class Daemon:
         self.supervisor = Supervisor(self.resolved, self._controller, self._reload)
         self.server = ControlServer(self.supervisor, paths.control_socket, self.allowed_uids,
                                     self.group)
+
+    async def _open_port(self, name: str, port: int, start: bool,
+                         timeout: float | None) -> Stream:
+        return await self.supervisor.open_port(name, port, start, timeout)
 
     def _reload(self) -> Resolved:
         loaded = load_config(self.config_path)

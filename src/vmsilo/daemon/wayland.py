@@ -1,47 +1,51 @@
-"""vmsilod's side of the Wayland path: while a VM with ``gpu.wayland`` runs, three processes
-run for it as the desktop user, in the VM's Wayland directory (``/run/vmsilo/<vm>/wayland``):
-
-1. ``vmsilo-wayland-seccontext`` makes ``seccontext.sock`` with the compositor's
-   security-context protocol (skipped, with one log line, when the compositor lacks it);
-2. the host half (``vmsilo.wayland.host_main``): the filter on ``filter.sock``, connected to
-   the security-context socket or the compositor, and the bridge from guest port 5003;
-3. waypipe's client half on ``waypipe.sock``, whose display is the filter.
+"""vmsilod's side of the Wayland path: while a VM with ``gpu.wayland`` runs, one sandbox runs
+for it as the desktop user (``vmsilo.daemon.helpers``) holding the host half
+(``vmsilo.wayland.host_main``), which runs the security-context helper, vmsilo's filter and
+waypipe's client half in a private directory of its own. The sandbox sees the compositor's
+socket (bound at ``/run/desktop/wayland``) and nothing else of the user's; its streams to
+guest port 5003 come from its stream broker. Nothing is created for it on the host.
 
 Without a compositor for the desktop user (no Wayland session, e.g. a server) or without
 waypipe, nothing is shown and vmsilod says so once. ``VMSILO_HOST_WAYLAND_DISPLAY`` names the
-compositor's socket explicitly (tests run a headless one); ``VMSILO_HELPER_PYTHON`` as for the
-D-Bus proxy.
+compositor's socket explicitly (tests run a headless one).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vmsilo.config import ResolvedVm
-from vmsilo.host import proc
+from vmsilo.daemon.broker import OpenPort, StreamBroker
+from vmsilo.daemon.helpers import (
+    DESKTOP_DIR,
+    Helper,
+    LogOpener,
+    bind_fd_args,
+    log_opener,
+    open_desktop_socket,
+    sandbox_for,
+)
+from vmsilo.errors import UserError
+from vmsilo.host.interpreter import helper_python
 from vmsilo.host.paths import Paths
+from vmsilo.host.proc import ProcessError
+from vmsilo.host.sandbox import SYSTEM_DIRS
+from vmsilo.protocol.wayland import PORT
 from vmsilo.wayland.policy import security_context_app_id
 
 log = logging.getLogger(__name__)
 
-SECCONTEXT_WAIT_SECONDS = 10.0
-FILTER_WAIT_SECONDS = 10.0
-
-
-async def _appears(path: Path, seconds: float) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if path.exists():
-            return True
-        await asyncio.sleep(0.05)
-    return path.exists()
+MODULE = "vmsilo.wayland.host_main"
+LOG_NAME = "wayland.log"
+COMPOSITOR_INSIDE = DESKTOP_DIR / "wayland"
+# Each guest program holds one stream, and two more are parked: a desktop's worth of windows.
+MAX_STREAMS = 64
 
 
 def find_compositor(uid: int) -> Path | None:
@@ -56,12 +60,20 @@ def find_compositor(uid: int) -> Path | None:
     return None
 
 
+@dataclass
+class Running:
+    helper: Helper
+    broker: StreamBroker
+
+
 class WaylandLauncher:
-    def __init__(self, paths: Paths, owner: tuple[int, int] | None) -> None:
+    def __init__(self, paths: Paths, owner: tuple[int, int] | None, open_port: OpenPort,
+                 open_log: LogOpener | None = None) -> None:
         self.paths = paths
-        self.owner = owner
-        self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
-        self.starting: dict[str, asyncio.Task[None]] = {}
+        self.owner = owner  # the desktop user's uid, gid (system mode)
+        self.open_port = open_port  # Supervisor.open_port
+        self.open_log = open_log or log_opener(paths)
+        self.running: dict[str, Running] = {}
         self._said: set[str] = set()
 
     def _once(self, key: str, message: str, *args: object) -> None:
@@ -69,30 +81,14 @@ class WaylandLauncher:
             self._said.add(key)
             log.info(message, *args)
 
-    def directory(self, name: str) -> Path:
-        return self.paths.vm_runtime_dir(name) / "wayland"
-
     def start(self, rvm: ResolvedVm) -> None:
-        """Bring the VM's Wayland path up in the background: the security-context helper
-        talks to the compositor, and a slow or stuck compositor must not hold vmsilod up."""
         if not rvm.vm.gpu.wayland:
             return
         current = self.running.get(rvm.name)
-        if rvm.name in self.starting or (current and all(p.poll() is None for p in current)):
+        if current is not None and current.helper.running():
             return
         self.stop(rvm.name)
-        task = asyncio.create_task(self._bring_up(rvm))
-        self.starting[rvm.name] = task
-        task.add_done_callback(lambda done: self._started(rvm.name, done))
-
-    def _started(self, name: str, task: asyncio.Task[None]) -> None:
-        if self.starting.get(name) is task:
-            del self.starting[name]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("VM %s: the Wayland path did not come up: %s", name, task.exception())
-
-    async def _bring_up(self, rvm: ResolvedVm) -> None:
-        uid, gid = self.owner if self.owner is not None else (os.getuid(), os.getgid())
+        uid = self.owner[0] if self.owner is not None else os.getuid()
         compositor = find_compositor(uid)
         if compositor is None:
             self._once("compositor", "no Wayland compositor for the desktop user: VM windows "
@@ -103,68 +99,49 @@ class WaylandLauncher:
             self._once("waypipe", "waypipe is not installed: VM windows are not shown "
                        "(install the waypipe package)")
             return
-        directory = self.directory(rvm.name)
-        directory.mkdir(mode=0o700, exist_ok=True)
-        os.chown(directory, uid, gid)
-        log_dir = self.paths.vm_log_dir(rvm.name)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        python = os.environ.get("VMSILO_HELPER_PYTHON", sys.executable)
-        as_user: dict[str, Any] = ({"user": uid, "group": gid, "extra_groups": []}
-                                   if self.owner is not None else {})
-        env = {"VMSILO_CONTROL_SOCKET": str(self.paths.control_socket)}
-        processes = self.running.setdefault(rvm.name, [])
-        with open(log_dir / "wayland.log", "ab") as log_file:
-            seccontext = proc.spawn(
-                [python, "-m", "vmsilo.wayland.seccontext", "--display", str(compositor),
-                 "--socket", str(directory / "seccontext.sock"), "--vm", rvm.name,
-                 "--app-id", security_context_app_id(rvm.name, rvm.vm.colour_rgb)],
-                stdout=subprocess.PIPE, stderr=log_file, env=env, **as_user)
-            processes.append(seccontext)
-            upstream = compositor
-            if await self._security_context(rvm.name, seccontext):
-                upstream = directory / "seccontext.sock"
-            processes.append(proc.spawn(
-                [python, "-m", "vmsilo.wayland.host_main", "--vm", rvm.name,
-                 "--dir", str(directory), "--upstream", str(upstream)],
-                stdout=log_file, stderr=log_file, env=env, **as_user))
-            # waypipe's client half connects to its display as it starts, and gives up if
-            # nothing listens there yet: the filter must be listening first.
-            if not await _appears(directory / "filter.sock", FILTER_WAIT_SECONDS):
-                log.warning("VM %s: the Wayland filter did not start; see wayland.log", rvm.name)
-            processes.append(proc.spawn(
-                [waypipe, "--no-gpu", "--socket", str(directory / "waypipe.sock"), "client"],
-                stdout=log_file, stderr=log_file,
-                env={"XDG_RUNTIME_DIR": str(directory),
-                     "WAYLAND_DISPLAY": str(directory / "filter.sock")}, **as_user))
-        log.info("VM %s: Wayland path up (compositor %s%s)", rvm.name, compositor,
-                 ", security context" if upstream != compositor else "")
-
-    async def _security_context(self, name: str, process: subprocess.Popen[bytes]) -> bool:
-        """True once the helper reports ``ready``; otherwise it has ended (or is ended)."""
-        assert process.stdout is not None
         try:
-            line = (await asyncio.wait_for(asyncio.to_thread(process.stdout.readline),
-                                           SECCONTEXT_WAIT_SECONDS)).decode(errors="replace")
-        except TimeoutError:
-            line = "no answer from the compositor"
-        if line.strip() == "ready":
-            return True
-        proc.stop(process)
-        if line.strip() == "unsupported":
-            self._once("seccontext", "the compositor has no security-context protocol: VM "
-                       "windows connect to it directly (still through vmsilo's filter)")
-        else:
-            log.warning("VM %s: no security context (%s); connecting directly", name,
-                        line.strip() or f"exit {process.returncode}")
-        return False
+            self.running[rvm.name] = self._spawn(rvm, compositor, Path(waypipe))
+        except (UserError, ProcessError, OSError) as exc:
+            log.error("VM %s: the Wayland path cannot start: %s", rvm.name, exc)
+            return
+        log.info("VM %s: Wayland path started (compositor %s, pid %d)", rvm.name, compositor,
+                 self.running[rvm.name].helper.pid)
+
+    def _spawn(self, rvm: ResolvedVm, compositor: Path, waypipe: Path) -> Running:
+        compositor_fd = open_desktop_socket(compositor, self.owner)
+        broker = StreamBroker(rvm.name, "Wayland", PORT, self.open_port, MAX_STREAMS)
+        argv = [helper_python(), "-m", MODULE, "--vm", rvm.name,
+                "--broker-fd", str(broker.helper_fd), "--compositor", str(COMPOSITOR_INSIDE),
+                "--app-id", security_context_app_id(rvm.name, rvm.vm.colour_rgb),
+                "--waypipe", str(os.path.realpath(waypipe))]
+        sandbox = sandbox_for(self.owner)
+        real = Path(os.path.realpath(waypipe))
+        if not any(Path(d) == real or Path(d) in real.parents for d in SYSTEM_DIRS):
+            sandbox = dataclasses.replace(sandbox, ro_binds=(*sandbox.ro_binds, real.parent))
+        try:
+            log_fd = self.open_log(rvm.name, LOG_NAME)
+            try:
+                helper = Helper.spawn(f"VM {rvm.name}: Wayland", sandbox, argv, log_fd=log_fd,
+                                      pass_fds=(broker.helper_fd, compositor_fd),
+                                      extra_bwrap=bind_fd_args(compositor_fd,
+                                                               COMPOSITOR_INSIDE))
+            finally:
+                os.close(log_fd)
+        except BaseException:
+            broker.close()
+            raise
+        finally:
+            os.close(compositor_fd)
+        broker.release()
+        broker.start()
+        return Running(helper, broker)
 
     def stop(self, name: str) -> None:
-        task = self.starting.pop(name, None)
-        if task is not None:
-            task.cancel()
-        for process in reversed(self.running.pop(name, [])):
-            proc.stop(process)
+        running = self.running.pop(name, None)
+        if running is not None:
+            running.broker.close()  # the helper sees its broker end and ends
+            running.helper.stop()
 
     def stop_all(self) -> None:
-        for name in list(self.running) + list(self.starting):
+        for name in list(self.running):
             self.stop(name)
