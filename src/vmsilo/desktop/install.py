@@ -4,12 +4,15 @@ each VM (from the entries its image manifest collected at build time), a menu fo
 that is no longer wanted (VMs gone from the config, applications gone from an image).
 
 Every file vmsilo owns is named ``vmsilo-…`` so that removal never touches anything else.
+
+This runs as the user whose home it writes (``vmsilo.desktop.menu`` starts it as a child that
+dropped to that user when root asks): it follows whatever the user put in their home with the
+user's own rights, and never changes an owner.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,22 +79,17 @@ def directory_file(vm: str) -> str:
     return f"[Desktop Entry]\nType=Directory\nName={vm}\nComment=Applications of the VM {vm}\n"
 
 
-def _write(path: Path, text: str, owner: tuple[int, int] | None, report: Report) -> None:
+def _write(path: Path, text: str, report: Report) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if owner is not None:
-        os.chown(path.parent, *owner)
     if path.exists() and path.read_text(errors="replace") == text:
         return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
-    if owner is not None:
-        os.chown(tmp, *owner)
     tmp.replace(path)
     report.written.append(path)
 
 
-def _copy_icon(source: Path, target: Path, owner: tuple[int, int] | None,
-               report: Report) -> bool:
+def _copy_icon(source: Path, target: Path, report: Report) -> bool:
     try:
         data = source.read_bytes()
     except OSError:
@@ -100,15 +98,12 @@ def _copy_icon(source: Path, target: Path, owner: tuple[int, int] | None,
     if not (target.exists() and target.read_bytes() == data):
         target.write_bytes(data)
         report.written.append(target)
-    if owner is not None:
-        os.chown(target, *owner)
     return True
 
 
 def install(
     entries_by_vm: dict[str, list[dict[str, Any]]],
     targets: Targets,
-    owner: tuple[int, int] | None = None,
     icon_dirs: dict[str, Path] | None = None,
 ) -> Report:
     """``entries_by_vm``: each configured VM's manifest ``desktopEntries`` (``[]`` for a VM
@@ -131,15 +126,15 @@ def install(
             source_dir = (icon_dirs or {}).get(vm)
             if isinstance(icon_file, str) and source_dir is not None and "/" not in icon_file:
                 target = targets.icons / f"{PREFIX}{_SAFE.sub('_', vm)}-{icon_file}"
-                if _copy_icon(source_dir / icon_file, target, owner, report):
+                if _copy_icon(source_dir / icon_file, target, report):
                     icon_path = str(target)
                     wanted.add(target)
-            _write(path, render(entry, vm, icon_path, category(vm)), owner, report)
+            _write(path, render(entry, vm, icon_path, category(vm)), report)
             wanted.add(path)
         menu = targets.menus / f"{PREFIX}{vm}.menu"
         directory = targets.directories / f"{PREFIX}{vm}.directory"
-        _write(menu, menu_file(vm), owner, report)
-        _write(directory, directory_file(vm), owner, report)
+        _write(menu, menu_file(vm), report)
+        _write(directory, directory_file(vm), report)
         wanted |= {menu, directory}
     for folder in (targets.applications, targets.menus, targets.directories, targets.icons):
         if not folder.is_dir():
