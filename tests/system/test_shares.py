@@ -1,12 +1,16 @@
 """Shared folders with real VMs and the installed virtiofsd: the shared home (created from the
 template on first start only, owned by the configured user, surviving restarts while the root
-overlay does not), a read-only share the guest cannot write even as root, two VMs that see
-only their own shares, and an option the installed virtiofsd lacks refused up front."""
+overlay does not), guest root unable to leave root-owned, setuid-root or device files on the
+host through any share, a read-only share the guest cannot write even as root, upstream's
+uidMap/gidMap honoured, two VMs that see only their own shares, and options that cannot be
+honoured refused up front."""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,7 @@ from tests.support.daemon import RunningDaemon
 from vmsilo.shares import virtiofsd
 
 NOBODY = 65534
+GUEST_USER = 1000  # the guest's `user`: the desktop user on the host
 
 CONFIG = """
 enable = true
@@ -38,7 +43,11 @@ gpu = false
 sound.playback = false
 sharedHome = false
 rootOverlay.type = "tmpfs"
-sharedDirectories.priv = {{ path = "{root}/srv/priv" }}
+
+[vms.other.sharedDirectories.priv]
+path = "{root}/srv/priv"
+uidMap = ":0:65534:1:"
+gidMap = ":0:65534:1:"
 
 [vms.strict]
 memory = 512
@@ -46,8 +55,11 @@ cpus = 1
 gpu = false
 sound.playback = false
 sharedHome = false
-sharedDirectories.mapped = {{ path = "{root}/srv/priv", uidMap = ":0:1000:1:" }}
+sharedDirectories.mapped = {{ path = "{root}/srv/priv", uidMap = ":0:0:1:", cache = "metadata" }}
 """
+
+# What guest root tries, as in the issue: a setuid-root shell and a block device node.
+ATTACK = "cd {dir} && cp /bin/sh s && chown 0:0 s && chmod 4755 s; mknod -m 666 disk b 254 0"
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +94,10 @@ def test_the_home_is_created_from_the_template_and_owned_by_the_user(
 ) -> None:
     home = shares.root / "shared" / "homey"
     assert not home.exists()
-    code, out = run(shares, "homey", "cat ~/.welcome; id -u; echo hello > ~/note")
+    code, out = run(shares, "homey", "cat ~/.welcome; id -u; stat -c %u:%g ~; echo hello > ~/note")
     assert code == 0, out + shares.log()
-    assert out.splitlines()[:2] == ["from the template", str(NOBODY)]
+    # The guest's user keeps its ids and sees the home as its own.
+    assert out.splitlines()[:3] == ["from the template", str(GUEST_USER), "1000:1000"]
     assert (home / ".welcome").read_text() == "from the template\n"
     note = home / "note"
     assert note.read_text() == "hello\n"
@@ -104,6 +117,41 @@ def test_the_home_survives_a_restart_and_the_root_does_not(shares: RunningDaemon
     assert lines[0] == "kept"
     assert any(".later" in line and "No such file" in line for line in lines), out
     assert any("/var/tmp/gone" in line and "No such file" in line for line in lines), out
+
+
+def _host_files(tree: Path) -> list[tuple[Path, os.stat_result]]:
+    return [(path, path.lstat()) for path in [tree, *tree.rglob("*")]]
+
+
+@pytest.mark.parametrize("where", ["/home/user", "/mnt/docs"])
+def test_guest_root_leaves_no_root_setuid_root_or_device_file_on_the_host(
+    shares: RunningDaemon, where: str
+) -> None:
+    host = {"/home/user": shares.root / "shared" / "homey",
+            "/mnt/docs": shares.root / "srv" / "docs"}[where]  # fmt: skip
+    code, out = run(shares, "homey", ATTACK.format(dir=where), user="root")
+    assert code != 0 and "mknod" in out, out  # the device node is refused outright
+    code, out = run(shares, "homey", f"stat -c '%u %a %F' {where}/s; touch {where}/users-file")
+    assert code == 0 and out.splitlines()[0] == "0 4755 regular file", out  # in the guest...
+    block = 0x50000000 + 3 * 0x10000  # ...but on the host: VM id 3's own unprivileged id
+    setuid = (host / "s").stat()
+    assert (setuid.st_uid, setuid.st_gid) == (block, block)
+    assert not (host / "disk").exists()
+    users = (host / "users-file").stat()
+    assert (users.st_uid, users.st_gid) == (NOBODY, NOBODY)
+    for path, st in _host_files(host):
+        assert st.st_uid != 0 and st.st_gid != 0, path
+        assert not stat.S_ISBLK(st.st_mode) and not stat.S_ISCHR(st.st_mode), path
+        if st.st_mode & stat.S_ISUID:
+            assert st.st_uid == block, path
+
+
+def test_a_uid_map_from_upstream_is_honoured(shares: RunningDaemon) -> None:
+    code, out = run(shares, "other", "touch /mnt/priv/by-root; chown 0:0 /mnt/priv/by-root",
+                    user="root")  # fmt: skip
+    assert code == 0, out
+    made = (shares.root / "srv" / "priv" / "by-root").stat()
+    assert (made.st_uid, made.st_gid) == (NOBODY, NOBODY)  # uidMap = ":0:65534:1:"
 
 
 def test_a_readonly_share_refuses_writes_even_from_root(shares: RunningDaemon) -> None:
@@ -127,17 +175,18 @@ def test_two_vms_see_only_their_own_shares(shares: RunningDaemon) -> None:
     assert not (shares.root / "srv" / "priv" / "secret").exists()
 
 
-def test_an_option_the_installed_virtiofsd_lacks_is_refused_before_anything_starts(
+def test_options_that_cannot_be_honoured_are_refused_before_anything_starts(
     shares: RunningDaemon,
 ) -> None:
     found = virtiofsd.find()
     assert found is not None
-    if found.flavour == "rust":
-        pytest.skip("the Rust virtiofsd honours every option")
     result = shares.cli("vm-start", "strict")
     assert result.returncode == 1
     message = result.stderr.decode()
-    assert "vms.strict.sharedDirectories.mapped.uidMap" in message, message
-    assert "install the Rust virtiofsd" in message
+    # Whatever the flavour: a map that would give the guest host root.
+    assert "vms.strict.sharedDirectories.mapped.uidMap = ':0:0:1:': host id 0 is root" in message
+    if found.flavour == "qemu":
+        assert "vms.strict.sharedDirectories.mapped.cache" in message, message
+        assert "install the Rust virtiofsd" in message
     assert not (shares.root / "run" / "strict").exists()  # nothing was set up
     assert shares.status()["strict"]["state"] == "failed"

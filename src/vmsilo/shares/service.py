@@ -96,10 +96,10 @@ class ShareService:
                     f"{where} = {value}: the installed virtiofsd ({found.path}, "
                     f"{found.flavour} flavour {found.version}) runs in a user namespace; {why}"
                 )
-            if not lacking:
-                try:
-                    self.id_maps(rvm, share, found)
-                except IdMapError as exc:
+            try:
+                self.id_maps(rvm, share, found)
+            except IdMapError as exc:
+                if exc.option not in {option for option, _, _ in lacking}:  # said already
                     problems.append(f"{share.option_path}.{exc}")
         if problems:
             raise UserError("; ".join(dict.fromkeys(problems)))
