@@ -216,6 +216,13 @@ class CappedLog:
 def pump(sources: dict[int, CappedLog]) -> None:
     """Copy each descriptor of ``sources`` (read ends of pipes) into its log until every one
     is at end of file; each is closed as it ends, and so is its log."""
+    if len(sources) == 1:  # the common case: no poll per read
+        [(fd, log)] = sources.items()
+        while data := os.read(fd, READ_SIZE):
+            log.write(data)
+        os.close(fd)
+        log.close()
+        return
     poller = select.poll()
     for fd in sources:
         poller.register(fd, select.POLLIN)
