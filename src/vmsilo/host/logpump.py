@@ -93,11 +93,14 @@ class CappedLog:
     existing regular file of ours with a single link. Anything else at the name (a symbolic
     link, a hard link, a FIFO, a socket, a device) is removed, never opened; a directory
     there is an error. Opening raises ``OSError``; writing never raises (see ``write``).
+    Every file the log writes gets ``mode`` exactly (the umask aside) and, when ``group`` is
+    given, that group (say the desktop user's, with ``mode`` 0640, to let them read it).
     ``where`` is the directory's path, for messages only.
     """
 
     def __init__(self, dir_fd: int, name: str, *, cap: int = CAP,
-                 rotate_at_start: bool = True, mode: int = FILE_MODE, where: str = "") -> None:
+                 rotate_at_start: bool = True, mode: int = FILE_MODE, group: int | None = None,
+                 where: str = "") -> None:
         if cap < MIN_CAP:
             raise ValueError(f"log cap {cap} is below the minimum of {MIN_CAP} bytes")
         _check_name(name)
@@ -106,6 +109,7 @@ class CappedLog:
         self.rotated = name + ROTATED_SUFFIX
         self.cap = cap
         self.mode = mode
+        self.group = group
         self.where = where or f"/proc/self/fd/{dir_fd}"
         self.size = 0  # bytes in the current file
         self.dropped = 0  # bytes lost since the last successful write
@@ -136,6 +140,7 @@ class CappedLog:
             opened = os.fstat(fd)
             if (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino):
                 os.set_blocking(fd, True)
+                self._set_owner(fd)
                 self.size = os.lseek(fd, 0, os.SEEK_END)
                 self._fd = fd
                 return
@@ -151,8 +156,19 @@ class CappedLog:
         # (EEXIST), it cannot redirect it.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.name, dir_fd=self.dir_fd)
-        self._fd = os.open(self.name, _CREATE, self.mode, dir_fd=self.dir_fd)
+        fd = os.open(self.name, _CREATE, self.mode, dir_fd=self.dir_fd)
+        try:
+            self._set_owner(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         self.size = 0
+
+    def _set_owner(self, fd: int) -> None:
+        if self.group is not None:
+            os.fchown(fd, -1, self.group)
+        os.fchmod(fd, self.mode)
 
     def _rotate(self) -> None:
         if self._fd is not None:
@@ -257,7 +273,7 @@ def drain(fds: Sequence[int]) -> None:
 
 
 USAGE = ("usage: python -m vmsilo.host.logpump --dir-fd FD [--dir-path PATH] [--status-fd FD] "
-         "[--cap BYTES] [--mode OCTAL] [--rotate] FD:NAME...")
+         "[--cap BYTES] [--mode OCTAL] [--group GID] [--rotate] FD:NAME...")
 
 
 class _Arguments:
@@ -270,6 +286,7 @@ class _Arguments:
         self.status_fd: int | None = None
         self.cap = CAP
         self.mode = FILE_MODE
+        self.group: int | None = None
         self.rotate = False
         self.sources: list[tuple[int, str]] = []
         words = list(argv)
@@ -277,7 +294,8 @@ class _Arguments:
             word = words.pop(0)
             if word == "--rotate":
                 self.rotate = True
-            elif word in ("--dir-fd", "--dir-path", "--status-fd", "--cap", "--mode"):
+            elif word in ("--dir-fd", "--dir-path", "--status-fd", "--cap", "--mode",
+                          "--group"):
                 if not words:
                     raise ValueError(f"{word} needs a value")
                 self._option(word, words.pop(0))
@@ -302,6 +320,8 @@ class _Arguments:
                 self.dir_fd = number
             elif word == "--status-fd":
                 self.status_fd = number
+            elif word == "--group":
+                self.group = number
             else:
                 self.cap = number
 
@@ -331,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fd, name in args.sources:
         try:
             logs[fd] = CappedLog(args.dir_fd, name, cap=args.cap, rotate_at_start=args.rotate,
-                                 mode=args.mode, where=where)
+                                 mode=args.mode, group=args.group, where=where)
         except OSError as exc:
             _report(args.status_fd, exc.strerror if exc.filename is None and exc.strerror
                     else f"{where}/{name}: {exc.strerror or exc}")
@@ -395,16 +415,18 @@ class LogPump:
 
 
 def start(log_dir: Dir, names: Sequence[str], *, cap: int = CAP,
-          rotate_at_start: bool = True, mode: int = FILE_MODE,
+          rotate_at_start: bool = True, mode: int = FILE_MODE, group: int | None = None,
           timeout: float = START_TIMEOUT) -> LogPump:
     """Start one pump process writing the logs ``names`` (plain file names) in ``log_dir``,
     through ``proc.spawn`` (its own session).
 
-    Returns once the pump has opened every log: it blocks for the pump's start, ~50 ms (from
+    Returns once the pump has opened every log: it blocks for the pump's start, ~40 ms (from
     asyncio code call it through ``asyncio.to_thread``). Each log is capped at ``cap`` bytes
     (at least ``MIN_CAP``; default ``CAP``, 8 MiB), so ``<name>`` and ``<name>.1`` together
     hold at most ``2 * cap`` bytes; with ``rotate_at_start`` an existing ``<name>`` first
-    becomes ``<name>.1``, else the pump appends to it. New files get ``mode`` (default 0600).
+    becomes ``<name>.1``, else the pump appends to it. Every file gets ``mode`` (default
+    0600) and, when given, the group ``group`` (0640 and the desktop user's group let them
+    read their VMs' logs; the owner stays the pump's, root).
 
     One pump may carry several logs whose writers live as long as each other (a VM's QEMU
     console and stderr, say): it ends when all of their writers are gone. A child started
@@ -449,6 +471,7 @@ def start(log_dir: Dir, names: Sequence[str], *, cap: int = CAP,
                        "--dir-fd", str(log_dir.fd), "--dir-path", str(log_dir.path),
                        "--status-fd", str(status_write), "--cap", str(cap),
                        "--mode", f"{mode:o}", *(["--rotate"] if rotate_at_start else []),
+                       *(["--group", str(group)] if group is not None else []),
                        *sources]
             process = proc.spawn(command, pass_fds=[log_dir.fd, *child_fds])
         finally:

@@ -67,6 +67,15 @@ def test_a_flood_far_over_the_default_cap_keeps_two_capped_files(logs: Dir) -> N
     assert (logs.path / "console.log").read_bytes() == b"y\n" * 500
 
 
+@ROOT_ONLY
+def test_logs_readable_by_the_desktop_users_group(logs: Dir) -> None:
+    flood(logpump.start(logs, ["console.log"], cap=CAP, mode=0o640, group=65534),
+          "console.log", 3 * CAP)
+    for name in ("console.log", "console.log.1"):
+        info = logs.lstat(name)
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, 65534)
+
+
 def test_the_pump_ends_when_its_writer_is_killed(logs: Dir) -> None:
     pump = logpump.start(logs, ["vmm.log"], cap=CAP)
     writer = proc.spawn(["yes", "killed"], stdout=pump.fd("vmm.log"))

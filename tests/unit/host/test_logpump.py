@@ -47,6 +47,24 @@ def test_fresh_log_is_created_private(logs: Dir) -> None:
     assert not logs.exists("console.log.1")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another group needs root")
+@pytest.mark.parametrize("rotate", [True, False])
+def test_every_file_gets_the_mode_and_group_asked_for(logs: Dir, rotate: bool) -> None:
+    (logs.path / "console.log").write_bytes(b"old\n")
+    group = 65534  # nogroup: any group but ours
+    old_umask = os.umask(0o077)  # vmsilod's umask must not narrow the mode
+    try:
+        log = CappedLog(logs.fd, "console.log", cap=CAP, rotate_at_start=rotate, mode=0o640,
+                        group=group)
+        log.write(stream(2 * CAP))
+        log.close()
+    finally:
+        os.umask(old_umask)
+    for name in ("console.log", "console.log.1"):
+        info = logs.lstat(name)
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, group)
+
+
 def test_rotation_happens_only_past_the_cap(logs: Dir) -> None:
     log = CappedLog(logs.fd, "vmm.log", cap=CAP)
     log.write(stream(CAP))  # exactly the cap: still one file
