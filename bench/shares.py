@@ -1,11 +1,16 @@
-"""Sequential I/O through a shared folder (issue 6): write and read throughput on a virtiofs
-share vs. the same I/O on the guest's root overlay disk, in one run.
+"""Sequential I/O through a shared folder (issue 6, issue 14): write and read throughput on a
+virtiofs share vs. the same I/O on the guest's root overlay disk, and through virtiofsd in its
+user namespace (as vmsilod runs it) vs. virtiofsd as plain root, in one run.
 
-A real vmsilod runs one VM with a share (the installed virtiofsd, default options) and a disk
-overlay. In the guest, a python3 loop writes 64 MiB in 1 MiB blocks and fsyncs, then, after
+A real vmsilod runs one VM with two shares (the installed virtiofsd, default options) and a
+disk overlay. The share ``bench`` is served as vmsilod serves every share. The share
+``rootfs`` is the baseline: virtiofsd as host root, in vmsilod's old confinement only (IPC,
+UTS and mount namespaces, open-file limit, bounding set), built only here — a
+``sitecustomize`` on the daemon's PYTHONPATH replaces ``runner.launch_command`` for that one
+tag. In the guest, a python3 loop writes 64 MiB in 1 MiB blocks and fsyncs, then, after
 dropping the guest's and the host's page caches, reads it back; it reports its own timings
-(``time.monotonic`` in the guest, so vm-run's overhead is not counted). Share and overlay
-alternate, 3 rounds.
+(``time.monotonic`` in the guest, so vm-run's overhead is not counted). One untimed pass over
+each target, then 5 rounds in which the three alternate, each round starting with another.
 
 Run as root: ``.venv/bin/python -m bench.shares``
 """
@@ -13,7 +18,9 @@ Run as root: ``.venv/bin/python -m bench.shares``
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +29,7 @@ from tests.support.images import build_default_image
 
 from bench.common import Comparison, Sample, print_comparisons
 
-ROUNDS = 3
+ROUNDS = 5
 MIB = 64
 NOBODY = 65534
 
@@ -37,6 +44,28 @@ gpu = false
 sound.playback = false
 sharedHome = false
 sharedDirectories.bench = {{ path = "{root}/srv/bench" }}
+sharedDirectories.rootfs = {{ path = "{root}/srv/rootfs" }}
+"""
+
+BASELINE_TAG = "rootfs"
+# The baseline: for the one tag, virtiofsd's argv in the confinement vmsilod used before
+# issue 14 (host root, no user namespace). Loaded by the daemon's interpreter at start.
+SITECUSTOMIZE = f"""
+import sys
+if sys.argv[1:2] == ["daemon"]:
+    from vmsilo.shares import runner
+    _namespaced = runner.launch_command
+
+    def launch_command(share, maps, argv, python=sys.executable):
+        if share.tag != {BASELINE_TAG!r}:
+            return _namespaced(share, maps, argv, python)
+        limit = runner.nofile_limit()
+        bounding = "-all," + ",".join("+" + cap for cap in runner.CAPABILITIES)
+        return ["unshare", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
+                "prlimit", f"--nofile={{limit}}:{{limit}}", "--",
+                "setpriv", f"--bounding-set={{bounding}}", "--", *argv]
+
+    runner.launch_command = launch_command
 """
 
 # argv: directory, MiB; prints "<write seconds> <read seconds>"
@@ -90,27 +119,45 @@ def main() -> None:
     console = Console()
     console.print("building or reusing the image...")
     build_default_image()
-    daemon = RunningDaemon("")
-    share = daemon.root / "srv" / "bench"
-    share.mkdir(parents=True)
-    os.chown(share, NOBODY, NOBODY)
+    baseline = Path(tempfile.mkdtemp(prefix="vmsilo-bench-site-"))
+    (baseline / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    baseline.chmod(0o755)
+    daemon = RunningDaemon("", extra_env={"PYTHONPATH": str(baseline)})
+    for name in ("bench", "rootfs"):
+        share = daemon.root / "srv" / name
+        share.mkdir(parents=True)
+        os.chown(share, NOBODY, NOBODY)
     daemon.config_path.write_text(CONFIG.format(root=daemon.root))
     daemon.start()
+    targets = {"share": "/mnt/bench", "root share": f"/mnt/{BASELINE_TAG}", "overlay": "/var/tmp"}
     try:
         started = daemon.cli("vm-start", "io", timeout=400)
         if started.returncode != 0:
             raise RuntimeError(started.stderr.decode(errors="replace"))
-        results: dict[str, list[tuple[float, float]]] = {"share": [], "overlay": []}
+        check_baseline(daemon)
+        for directory in targets.values():  # warm-up: the first pass over each is slower
+            measure(daemon, directory)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+        names = list(targets)
         for round_number in range(1, ROUNDS + 1):
-            results["share"].append(measure(daemon, "/mnt/bench"))
-            results["overlay"].append(measure(daemon, "/var/tmp"))
-            console.print(
-                f"round {round_number}/{ROUNDS}: share write {results['share'][-1][0]:.1f} / "
-                f"read {results['share'][-1][1]:.1f} MB/s; overlay write "
-                f"{results['overlay'][-1][0]:.1f} / read {results['overlay'][-1][1]:.1f} MB/s")
+            # Each round starts with another target, so none is always measured first.
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                results[name].append(measure(daemon, targets[name]))
+            console.print(f"round {round_number}/{ROUNDS}: " + "; ".join(
+                f"{name} write {r[-1][0]:.1f} / read {r[-1][1]:.1f} MB/s"
+                for name, r in results.items()))
     finally:
         daemon.stop()
+        shutil.rmtree(baseline, ignore_errors=True)
     rows = []
+    for index, what in ((0, "write"), (1, "read")):
+        rows.append(Comparison(
+            f"sequential {what}, {MIB} MiB: virtiofsd in its user namespace vs as host root",
+            Sample(f"namespaced {what}", [r[index] for r in results["share"]], "MB/s"),
+            Sample(f"root {what}", [r[index] for r in results["root share"]], "MB/s"),
+            higher_is_better=True,
+        ))
     for index, what in ((0, "write"), (1, "read")):
         rows.append(Comparison(
             f"sequential {what}, {MIB} MiB: virtiofs share vs root overlay disk",
@@ -118,7 +165,22 @@ def main() -> None:
             Sample(f"overlay {what}", [r[index] for r in results["overlay"]], "MB/s"),
             higher_is_better=True,
         ))
-    print_comparisons("Shared folder I/O (issue 6)", rows, console)
+    print_comparisons("Shared folder I/O (issues 6 and 14)", rows, console)
+
+
+def check_baseline(daemon: RunningDaemon) -> None:
+    """The two shares really differ: guest root's file is host root's through the baseline
+    only."""
+    block = 0x50000000 + 3 * 0x10000  # VM id 3
+    for tag, owner in (("bench", block), (BASELINE_TAG, 0)):
+        result = daemon.cli("vm-run", "-u", "root", "io", "touch", f"/mnt/{tag}/owner", timeout=200)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.decode(errors="replace"))
+        made = daemon.root / "srv" / tag / "owner"
+        if made.stat().st_uid != owner:
+            raise RuntimeError(f"{tag}: guest root's file is uid {made.stat().st_uid}, "
+                               f"not {owner}; the baseline is not what it should be")
+        made.unlink()
 
 
 if __name__ == "__main__":
