@@ -297,7 +297,7 @@ def start(
         finally:
             sock.close()
         try:
-            identity = _await_exec(process, found)
+            identity = _await_exec(process, sys.executable)
             directory.write_atomic(RECORD, json.dumps(identity.to_json()))
         except BaseException:
             proc.stop(process, STOP_SECONDS)
@@ -316,18 +316,19 @@ def start(
     return running
 
 
-def _await_exec(process: subprocess.Popen[bytes], found: Virtiofsd) -> ProcessIdentity:
-    """virtiofsd's identity, once the launcher has exec'd it (or its own, if it ended)."""
-    expected = os.path.realpath(found.path)
+def _await_exec(process: subprocess.Popen[bytes], python: str) -> ProcessIdentity:
+    """The process's identity once the launcher (``python``) has exec'd virtiofsd, or as it
+    is when it ended or the bound passed (the start check then reports it)."""
+    launcher = os.path.realpath(python)
     deadline = time.monotonic() + EXEC_SECONDS
     while True:
         identity = ProcessIdentity.of(process.pid)
-        if identity is None or identity.exe == expected or process.poll() is not None:
+        if identity is None or identity.exe != launcher or process.poll() is not None:
             break
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    return identity or ProcessIdentity(process.pid, 0, expected)
+    return identity or ProcessIdentity(process.pid, 0, launcher)
 
 
 def adopt(runtime: Dir, tag: str) -> RunningShare | None:

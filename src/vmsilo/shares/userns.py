@@ -53,6 +53,11 @@ AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 
+# (statvfs ST_* bit, mount MS_* bit) of the flags a remount in a user namespace must keep:
+# nosuid, nodev, noexec, noatime, nodiratime, relatime.
+_LOCKED_FLAGS = ((os.ST_NOSUID, 0x2), (os.ST_NODEV, 0x4), (os.ST_NOEXEC, 0x8),
+                 (os.ST_NOATIME, 0x400), (os.ST_NODIRATIME, 0x800), (os.ST_RELATIME, 0x200000))
+
 # capabilities(7) numbers of the names vmsilod may keep.
 CAPABILITY_NUMBERS = {
     "chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4,
@@ -173,9 +178,12 @@ def _readonly_bind(libc: ctypes.CDLL, path: str) -> None:
     if ctypes.get_errno() != errno.ENOSYS:
         _check(result, f"make {path} read-only")
     # Before Linux 5.12: remount the top mount only, keeping the flags a user namespace may
-    # not clear (nosuid, nodev, noexec, atime ones), which statvfs reports in the same bits.
-    kept = os.statvfs(path).f_flag & (0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000)
-    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | (kept & ~0x1000) | (0x200000 if kept & 0x1000 else 0)
+    # not clear (statvfs(3) reports them as ST_* bits).
+    present = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for st_bit, ms_bit in _LOCKED_FLAGS:
+        if present & st_bit:
+            flags |= ms_bit
     _check(libc.mount(None, target, None, flags, None), f"make {path} read-only")
 
 
