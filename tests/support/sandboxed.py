@@ -62,3 +62,24 @@ def probe(pid: int, uid: int, gid: int, script: str) -> subprocess.CompletedProc
          "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
          "/bin/sh", "-c", script],
         capture_output=True, text=True, timeout=30, check=False)
+
+
+def broker_fd(pid: int) -> int:
+    """A copy of the broker descriptor of the helper ``pid`` (``pidfd_getfd(2)``, which root
+    may use on any process): what a helper taken over by a guest could send on."""
+    import ctypes
+
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    target = int(argv[argv.index(b"--broker-fd") + 1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, target, 0)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+        return int(fd)
+    finally:
+        os.close(pidfd)
+
+
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic)

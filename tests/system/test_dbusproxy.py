@@ -1,11 +1,15 @@
 """Tray and notification forwarding end to end: a program in a real VM sends a notification
 on the guest user's session bus; it appears on the desktop user's (here a private bus run as
 `nobody`, the configured user) marked with the VM's name, and the action the desktop invokes
-reaches the program in the guest."""
+reaches the program in the guest. The host half runs sandboxed as `nobody`, seeing the bus and
+not the user's files; taken over (its broker descriptor used by someone else) and asking for
+another port of its VM, it is cut off, and the VM's other ports work on."""
 
 import json
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +17,8 @@ import pytest
 
 from tests.support.daemon import HELPER_ENV, SYSTEM_PYTHON, RunningDaemon
 from tests.support.dbus import start_bus
+from tests.support.sandboxed import broker_fd, outside_the_runtime, probe, sandboxed_pids, status
+from vmsilo.protocol import broker as wire
 
 NOBODY = 65534
 SUPPORT = Path(__file__).parents[1] / "support"
@@ -72,8 +78,9 @@ def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
                                    address, str(received)], stdout=subprocess.PIPE,
                                   cwd="/", env={**os.environ, **HELPER_ENV}, **as_nobody)
         assert server.stdout is not None and server.stdout.readline() == b"ready\n"
-        daemon.extra_env.update({"VMSILO_HOST_SESSION_BUS": address,
-                                 "VMSILO_HELPER_PYTHON": str(SYSTEM_PYTHON), **HELPER_ENV})
+        # The host half runs with vmsilod's own interpreter (the suite's, below /root), which
+        # its sandbox shows it read-only.
+        daemon.extra_env.update({"VMSILO_HOST_SESSION_BUS": address})
         daemon.start()
         yield daemon, received
     finally:
@@ -101,3 +108,50 @@ def test_a_guest_notification_reaches_the_desktop_and_its_action_comes_back(
     assert notification["summary"] == "[chatty] You have mail"
     assert notification["body"] == "from &lt;i&gt;Bob&lt;/i&gt;"
     assert notification["actions"] == ["open", "Open"]
+
+
+MODULE = "vmsilo.dbusproxy.host_main"
+
+
+def _proxy_pid(daemon: RunningDaemon) -> int:
+    for _ in range(200):
+        pids = sandboxed_pids(MODULE, "chatty")
+        if pids:
+            return pids[0]
+        time.sleep(0.1)
+    raise AssertionError("no D-Bus proxy is running:\n" + daemon.log_path.read_text())
+
+
+def test_the_host_half_is_jailed_and_sees_no_home(desktop: tuple[RunningDaemon, Path]) -> None:
+    daemon, received = desktop
+    pid = _proxy_pid(daemon)
+    fields = status(pid)
+    assert fields["Uid"].split() == [str(NOBODY)] * 4 and fields["Groups"] == ""
+    assert fields["NoNewPrivs"] == "1" and int(fields["CapEff"], 16) == 0
+    hidden = [received.parent / "notifications.jsonl", daemon.root / "run", Path("/home"),
+              *outside_the_runtime(Path("/root"))]
+    script = "; ".join(f"test -e '{path}' && echo 'visible: {path}'" for path in hidden)
+    result = probe(pid, NOBODY, NOBODY, script + "; ls -A /run/desktop; true")
+    assert result.stdout.splitlines() == ["bus"], result.stdout + result.stderr
+
+
+def test_a_helper_asking_for_another_port_is_cut_off(desktop: tuple[RunningDaemon, Path]) -> None:
+    daemon, _ = desktop
+    pid = _proxy_pid(daemon)
+    # What a proxy taken over by the guest could do: ask its broker for the exec port.
+    sock = socket.socket(fileno=broker_fd(pid))
+    sock.send(wire.encode_request(5000))
+    sock.settimeout(30)
+    assert sock.recv(wire.MAX_RECORD) == b"", "the broker answered"
+    sock.close()
+    log = daemon.log_path.read_text()
+    assert ("VM chatty: the D-Bus proxy helper broke its broker's rules (asked for port 5000; "
+            "it may only open port 5001)") in log
+    for _ in range(100):  # without its broker the proxy ends
+        if not sandboxed_pids(MODULE, "chatty"):
+            break
+        time.sleep(0.1)
+    assert not sandboxed_pids(MODULE, "chatty")
+    # The VM's other ports are unaffected.
+    result = daemon.cli("vm-run", "chatty", "echo", "still here", timeout=120)
+    assert result.returncode == 0 and result.stdout == b"still here\n", result.stderr

@@ -2,11 +2,14 @@
 with its protocol log on) stands for the desktop. A Wayland program started in the VM with
 vm-run reaches it through waypipe, port 5003 and vmsilo's filter; the compositor's own log shows
 the window arrive marked with the VM, and a guest client that asks for a global the filter hides
-is cut off."""
+is cut off. The host half runs in one sandbox as `nobody` that sees the compositor and not
+the user's files; taken over and sending garbage on its broker, it is cut off, and the VM's
+other ports work on."""
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import HELPER_ENV, SYSTEM_PYTHON, RunningDaemon
+from tests.support.daemon import RunningDaemon
 from tests.support.images import build_image_for
+from tests.support.sandboxed import broker_fd, outside_the_runtime, probe, sandboxed_pids, status
 
 pytestmark = pytest.mark.skipif(
     shutil.which("weston") is None or shutil.which("waypipe") is None,
@@ -87,8 +91,9 @@ def desktop(test_image: None) -> Iterator[tuple[RunningDaemon, Path]]:
             if (runtime / "wayland-1").exists():
                 break
             time.sleep(0.05)
-        daemon.extra_env.update({"VMSILO_HOST_WAYLAND_DISPLAY": str(runtime / "wayland-1"),
-                                 "VMSILO_HELPER_PYTHON": str(SYSTEM_PYTHON), **HELPER_ENV})
+        # The host half runs with vmsilod's own interpreter (the suite's, below /root), which
+        # its sandbox shows it read-only.
+        daemon.extra_env.update({"VMSILO_HOST_WAYLAND_DISPLAY": str(runtime / "wayland-1")})
         daemon.start()
         yield daemon, log
     finally:
@@ -125,8 +130,7 @@ def test_a_guest_window_arrives_marked_with_its_vm(desktop: tuple[RunningDaemon,
     # The compositor's view of the session, kept for whoever reads the test's results.
     artifacts = Path(os.environ.get("VMSILO_ARTIFACTS", tempfile.gettempdir()))
     shutil.copy(log, artifacts / "vmsilo-wayland-protocol.log")
-    wayland = _wayland_log(daemon)
-    assert "no security-context protocol" in daemon.log_path.read_text(), wayland
+    assert "no security-context protocol" in _wayland_log(daemon)
 
 
 def test_hidden_globals_are_not_offered(desktop: tuple[RunningDaemon, Path]) -> None:
@@ -157,3 +161,40 @@ def test_binding_a_hidden_global_cuts_the_client_off(
     # and the compositor never heard the request
     assert "weston_screenshooter" not in "".join(
         line for line in log.read_text(errors="replace").splitlines() if ".bind(" in line)
+
+
+MODULE = "vmsilo.wayland.host_main"
+
+
+def test_the_host_half_is_jailed_and_sees_no_home(desktop: tuple[RunningDaemon, Path]) -> None:
+    daemon, log = desktop
+    (pid,) = sandboxed_pids(MODULE, "painter")
+    fields = status(pid)
+    assert fields["Uid"].split() == [str(NOBODY)] * 4 and fields["Groups"] == ""
+    assert fields["NoNewPrivs"] == "1" and int(fields["CapEff"], 16) == 0
+    hidden = [log, daemon.root / "desktop", daemon.root / "run", Path("/home"),
+              *outside_the_runtime(Path("/root"))]
+    script = "; ".join(f"test -e '{path}' && echo 'visible: {path}'" for path in hidden)
+    result = probe(pid, NOBODY, NOBODY, script + "; ls -A /run/desktop; true")
+    assert result.stdout.splitlines() == ["wayland"], result.stdout + result.stderr
+    # Nothing is made for it in the VM's runtime directory.
+    assert not (daemon.root / "run" / "painter" / "wayland").exists()
+
+
+def test_a_helper_sending_garbage_is_cut_off(desktop: tuple[RunningDaemon, Path]) -> None:
+    daemon, _ = desktop
+    (pid,) = sandboxed_pids(MODULE, "painter")
+    sock = socket.socket(fileno=broker_fd(pid))
+    sock.send(b"GIVE ME ROOT")
+    sock.settimeout(30)
+    assert sock.recv(4096) == b"", "the broker answered"
+    sock.close()
+    assert ("VM painter: the Wayland helper broke its broker's rules (a request is 8 bytes, "
+            "not 12)") in daemon.log_path.read_text()
+    for _ in range(100):  # without its broker the host half ends
+        if not sandboxed_pids(MODULE, "painter"):
+            break
+        time.sleep(0.1)
+    assert not sandboxed_pids(MODULE, "painter")
+    result = daemon.cli("vm-run", "painter", "echo", "still here", timeout=120)
+    assert result.returncode == 0 and result.stdout == b"still here\n", result.stderr

@@ -7,8 +7,9 @@ supervisor (``open_port(vm, port, start=False, timeout)``; a stopped VM is never
 helper), makes a fresh socket pair, sends one end with the reply and splices the other to the
 guest stream. At most ``max_streams`` streams are open at once (``BUSY`` beyond). Anything
 else on the broker — another port, a malformed record, a descriptor sent along — is a
-violation: logged with the VM's name, and the broker is closed (the helper then ends; its
-streams already open run on, each bound to its own VM and port).
+violation: the helper is taken to be in a guest's hands. It is logged with the VM's name, the
+broker is closed, the helper's open streams are ended, and ``on_violation`` is called (the
+launcher stops the helper).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ OPEN_TIMEOUT = 5.0  # seconds for one guest stream to open
 
 class StreamBroker:
     def __init__(self, vm: str, helper: str, port: int, open_port: OpenPort,
-                 max_streams: int, open_timeout: float = OPEN_TIMEOUT) -> None:
+                 max_streams: int, open_timeout: float = OPEN_TIMEOUT,
+                 on_violation: Callable[[], None] | None = None) -> None:
         self.vm = vm
         self.helper = helper  # for messages: "D-Bus proxy", "Wayland"
         self.port = port
@@ -43,6 +45,7 @@ class StreamBroker:
         self.max_streams = max_streams
         self.open_timeout = open_timeout
         self.violation: str | None = None
+        self.on_violation = on_violation
         self._ours, theirs = socket.socketpair(socket.AF_UNIX,
                                                socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self._ours.setblocking(False)
@@ -100,8 +103,12 @@ class StreamBroker:
                                                    f"port {self.port}")
                 except wire.BrokerViolationError as exc:
                     self.violation = str(exc)
-                    log.warning("VM %s: the %s helper broke its broker's rules (%s); its "
-                                "broker is closed", self.vm, self.helper, exc)
+                    log.warning("VM %s: the %s helper broke its broker's rules (%s); it is "
+                                "cut off", self.vm, self.helper, exc)
+                    for task in list(self._streams):
+                        task.cancel()
+                    if self.on_violation is not None:
+                        self.on_violation()
                     return
                 finally:
                     wire.close_fds(fds)

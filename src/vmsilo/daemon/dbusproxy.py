@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmsilo.config import ResolvedVm
-from vmsilo.daemon.broker import OpenPort, StreamBroker
+from vmsilo.daemon.broker import OpenPort
 from vmsilo.daemon.helpers import (
     DESKTOP_DIR,
     DesktopSocketError,
-    Helper,
+    HelperKind,
+    HelperLauncher,
     LogOpener,
-    bind_fd_args,
-    log_opener,
-    open_desktop_socket,
-    sandbox_for,
 )
 from vmsilo.errors import UserError
 from vmsilo.host.interpreter import helper_python
@@ -79,20 +75,12 @@ def _unescape(value: str) -> str:
     return out.decode(errors="surrogateescape")
 
 
-@dataclass
-class Running:
-    helper: Helper
-    broker: StreamBroker
+class ProxyLauncher(HelperLauncher):
+    kind = HelperKind("D-Bus proxy", PORT, MAX_STREAMS, LOG_NAME, BUS_INSIDE)
 
-
-class ProxyLauncher:
     def __init__(self, paths: Paths, owner: tuple[int, int] | None, open_port: OpenPort,
                  open_log: LogOpener | None = None) -> None:
-        self.paths = paths
-        self.owner = owner  # the desktop user's uid, gid (system mode)
-        self.open_port = open_port  # Supervisor.open_port
-        self.open_log = open_log or log_opener(paths)
-        self.running: dict[str, Running] = {}
+        super().__init__(paths, owner, open_port, open_log)
         self._warned = False
 
     def bus_address(self) -> str | None:
@@ -105,10 +93,7 @@ class ProxyLauncher:
 
     def start(self, rvm: ResolvedVm) -> None:
         dbus = rvm.vm.dbus
-        if not (dbus.tray or dbus.notifications):
-            return
-        current = self.running.get(rvm.name)
-        if current is not None and current.helper.running():
+        if not (dbus.tray or dbus.notifications) or self.alive(rvm.name):
             return
         self.stop(rvm.name)
         address = self.bus_address()
@@ -118,47 +103,17 @@ class ProxyLauncher:
                          "of VMs are not forwarded")
                 self._warned = True
             return
+        r, g, b = rvm.vm.colour_rgb
+
+        def command(broker_fd: int) -> list[str]:
+            argv = [helper_python(), "-m", MODULE, "--vm", rvm.name, "--colour", f"{r},{g},{b}",
+                    "--bus", f"unix:path={BUS_INSIDE}", "--broker-fd", str(broker_fd)]
+            argv += [] if dbus.tray else ["--no-tray"]
+            return argv + ([] if dbus.notifications else ["--no-notifications"])
+
         try:
-            self.running[rvm.name] = self._spawn(rvm, address)
+            running = self.launch(rvm.name, bus_socket_path(address), command)
         except (UserError, ProcessError, OSError) as exc:
             log.error("VM %s: the D-Bus proxy cannot start: %s", rvm.name, exc)
             return
-        log.info("VM %s: D-Bus proxy started (pid %d)", rvm.name,
-                 self.running[rvm.name].helper.pid)
-
-    def _spawn(self, rvm: ResolvedVm, address: str) -> Running:
-        bus_fd = open_desktop_socket(bus_socket_path(address), self.owner)
-        broker = StreamBroker(rvm.name, "D-Bus proxy", PORT, self.open_port, MAX_STREAMS)
-        dbus = rvm.vm.dbus
-        r, g, b = rvm.vm.colour_rgb
-        argv = [helper_python(), "-m", MODULE, "--vm", rvm.name, "--colour", f"{r},{g},{b}",
-                "--bus", f"unix:path={BUS_INSIDE}", "--broker-fd", str(broker.helper_fd)]
-        argv += [] if dbus.tray else ["--no-tray"]
-        argv += [] if dbus.notifications else ["--no-notifications"]
-        try:
-            log_fd = self.open_log(rvm.name, LOG_NAME)
-            try:
-                helper = Helper.spawn(f"VM {rvm.name}: D-Bus proxy", sandbox_for(self.owner),
-                                      argv, log_fd=log_fd,
-                                      pass_fds=(broker.helper_fd, bus_fd),
-                                      extra_bwrap=bind_fd_args(bus_fd, BUS_INSIDE))
-            finally:
-                os.close(log_fd)
-        except BaseException:
-            broker.close()
-            raise
-        finally:
-            os.close(bus_fd)
-        broker.release()
-        broker.start()
-        return Running(helper, broker)
-
-    def stop(self, name: str) -> None:
-        running = self.running.pop(name, None)
-        if running is not None:
-            running.broker.close()  # the helper sees its broker end and ends
-            running.helper.stop()
-
-    def stop_all(self) -> None:
-        for name in list(self.running):
-            self.stop(name)
+        log.info("VM %s: D-Bus proxy started (pid %d)", rvm.name, running.helper.pid)

@@ -19,6 +19,7 @@ The interpreter and what it needs come from ``vmsilo.host.interpreter``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmsilo.daemon.broker import OpenPort, StreamBroker
 from vmsilo.errors import UserError
 from vmsilo.host import proc
 from vmsilo.host.interpreter import runtime_binds, runtime_env
@@ -181,3 +183,93 @@ class Helper:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+# -- the helpers of one kind, one per running VM ------------------------------------------------
+
+
+@dataclass
+class Running:
+    helper: Helper
+    broker: StreamBroker
+
+
+@dataclass(frozen=True)
+class HelperKind:
+    """What the launchers differ in."""
+
+    title: str  # for messages: "D-Bus proxy", "Wayland"
+    port: int  # the one guest port its broker opens
+    max_streams: int  # open streams at once
+    log_name: str  # its log file in the VM's log directory
+    socket_inside: Path  # where its desktop socket is bound in the sandbox
+
+
+class HelperLauncher:
+    """Starts and stops one kind of helper for VMs, each with its broker (base of
+    ``ProxyLauncher`` and ``WaylandLauncher``). ``open_port`` is ``Supervisor.open_port``;
+    ``open_log`` gives the descriptor for the helper's output (default: ``log_opener``)."""
+
+    kind: HelperKind
+
+    def __init__(self, paths: Paths, owner: tuple[int, int] | None, open_port: OpenPort,
+                 open_log: LogOpener | None = None) -> None:
+        self.paths = paths
+        self.owner = owner  # the desktop user's uid, gid (system mode)
+        self.open_port = open_port
+        self.open_log = open_log or log_opener(paths)
+        self.running: dict[str, Running] = {}
+        self._stopping: set[asyncio.Future[None]] = set()
+
+    def alive(self, name: str) -> bool:
+        current = self.running.get(name)
+        return current is not None and current.helper.running()
+
+    def launch(self, vm: str, desktop_socket: Path, command: Callable[[int], list[str]],
+               sandbox: Sandbox | None = None) -> Running:
+        """Start the helper of ``vm``: ``command(broker_fd)`` is its argv inside the sandbox
+        (default ``sandbox_for(owner)``), ``desktop_socket`` the socket it serves."""
+        kind = self.kind
+        socket_fd = open_desktop_socket(desktop_socket, self.owner)
+        try:
+            broker = StreamBroker(vm, kind.title, kind.port, self.open_port, kind.max_streams,
+                                  on_violation=lambda: self.cut_off(vm))
+            try:
+                log_fd = self.open_log(vm, kind.log_name)
+                try:
+                    helper = Helper.spawn(
+                        f"VM {vm}: {kind.title}", sandbox or sandbox_for(self.owner),
+                        command(broker.helper_fd), log_fd=log_fd,
+                        pass_fds=(broker.helper_fd, socket_fd),
+                        extra_bwrap=bind_fd_args(socket_fd, kind.socket_inside))
+                finally:
+                    os.close(log_fd)
+            except BaseException:
+                broker.close()
+                raise
+        finally:
+            os.close(socket_fd)
+        broker.release()
+        broker.start()
+        self.running[vm] = Running(helper, broker)
+        return self.running[vm]
+
+    def stop(self, name: str) -> None:
+        running = self.running.pop(name, None)
+        if running is not None:
+            running.broker.close()  # the helper sees its broker end and ends
+            running.helper.stop()
+
+    def cut_off(self, name: str) -> None:
+        """A helper broke its broker's rules: stop it without holding up the event loop."""
+        running = self.running.pop(name, None)
+        if running is None:
+            return
+        running.broker.close()
+        stopping = asyncio.ensure_future(asyncio.to_thread(running.helper.stop))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)

@@ -17,18 +17,15 @@ import dataclasses
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmsilo.config import ResolvedVm
-from vmsilo.daemon.broker import OpenPort, StreamBroker
+from vmsilo.daemon.broker import OpenPort
 from vmsilo.daemon.helpers import (
     DESKTOP_DIR,
-    Helper,
+    HelperKind,
+    HelperLauncher,
     LogOpener,
-    bind_fd_args,
-    log_opener,
-    open_desktop_socket,
     sandbox_for,
 )
 from vmsilo.errors import UserError
@@ -60,20 +57,12 @@ def find_compositor(uid: int) -> Path | None:
     return None
 
 
-@dataclass
-class Running:
-    helper: Helper
-    broker: StreamBroker
+class WaylandLauncher(HelperLauncher):
+    kind = HelperKind("Wayland", PORT, MAX_STREAMS, LOG_NAME, COMPOSITOR_INSIDE)
 
-
-class WaylandLauncher:
     def __init__(self, paths: Paths, owner: tuple[int, int] | None, open_port: OpenPort,
                  open_log: LogOpener | None = None) -> None:
-        self.paths = paths
-        self.owner = owner  # the desktop user's uid, gid (system mode)
-        self.open_port = open_port  # Supervisor.open_port
-        self.open_log = open_log or log_opener(paths)
-        self.running: dict[str, Running] = {}
+        super().__init__(paths, owner, open_port, open_log)
         self._said: set[str] = set()
 
     def _once(self, key: str, message: str, *args: object) -> None:
@@ -82,10 +71,7 @@ class WaylandLauncher:
             log.info(message, *args)
 
     def start(self, rvm: ResolvedVm) -> None:
-        if not rvm.vm.gpu.wayland:
-            return
-        current = self.running.get(rvm.name)
-        if current is not None and current.helper.running():
+        if not rvm.vm.gpu.wayland or self.alive(rvm.name):
             return
         self.stop(rvm.name)
         uid = self.owner[0] if self.owner is not None else os.getuid()
@@ -94,54 +80,28 @@ class WaylandLauncher:
             self._once("compositor", "no Wayland compositor for the desktop user: VM windows "
                        "are not shown")
             return
-        waypipe = shutil.which("waypipe")
-        if waypipe is None:
+        found = shutil.which("waypipe")
+        if found is None:
             self._once("waypipe", "waypipe is not installed: VM windows are not shown "
                        "(install the waypipe package)")
             return
+        waypipe = Path(os.path.realpath(found))
+        sandbox = sandbox_for(self.owner)
+        if not any(Path(d) == waypipe.parent or Path(d) in waypipe.parents
+                   for d in SYSTEM_DIRS):
+            sandbox = dataclasses.replace(sandbox,
+                                          ro_binds=(*sandbox.ro_binds, waypipe.parent))
+
+        def command(broker_fd: int) -> list[str]:
+            return [helper_python(), "-m", MODULE, "--vm", rvm.name,
+                    "--broker-fd", str(broker_fd), "--compositor", str(COMPOSITOR_INSIDE),
+                    "--app-id", security_context_app_id(rvm.name, rvm.vm.colour_rgb),
+                    "--waypipe", str(waypipe)]
+
         try:
-            self.running[rvm.name] = self._spawn(rvm, compositor, Path(waypipe))
+            running = self.launch(rvm.name, compositor, command, sandbox)
         except (UserError, ProcessError, OSError) as exc:
             log.error("VM %s: the Wayland path cannot start: %s", rvm.name, exc)
             return
         log.info("VM %s: Wayland path started (compositor %s, pid %d)", rvm.name, compositor,
-                 self.running[rvm.name].helper.pid)
-
-    def _spawn(self, rvm: ResolvedVm, compositor: Path, waypipe: Path) -> Running:
-        compositor_fd = open_desktop_socket(compositor, self.owner)
-        broker = StreamBroker(rvm.name, "Wayland", PORT, self.open_port, MAX_STREAMS)
-        argv = [helper_python(), "-m", MODULE, "--vm", rvm.name,
-                "--broker-fd", str(broker.helper_fd), "--compositor", str(COMPOSITOR_INSIDE),
-                "--app-id", security_context_app_id(rvm.name, rvm.vm.colour_rgb),
-                "--waypipe", str(os.path.realpath(waypipe))]
-        sandbox = sandbox_for(self.owner)
-        real = Path(os.path.realpath(waypipe))
-        if not any(Path(d) == real or Path(d) in real.parents for d in SYSTEM_DIRS):
-            sandbox = dataclasses.replace(sandbox, ro_binds=(*sandbox.ro_binds, real.parent))
-        try:
-            log_fd = self.open_log(rvm.name, LOG_NAME)
-            try:
-                helper = Helper.spawn(f"VM {rvm.name}: Wayland", sandbox, argv, log_fd=log_fd,
-                                      pass_fds=(broker.helper_fd, compositor_fd),
-                                      extra_bwrap=bind_fd_args(compositor_fd,
-                                                               COMPOSITOR_INSIDE))
-            finally:
-                os.close(log_fd)
-        except BaseException:
-            broker.close()
-            raise
-        finally:
-            os.close(compositor_fd)
-        broker.release()
-        broker.start()
-        return Running(helper, broker)
-
-    def stop(self, name: str) -> None:
-        running = self.running.pop(name, None)
-        if running is not None:
-            running.broker.close()  # the helper sees its broker end and ends
-            running.helper.stop()
-
-    def stop_all(self) -> None:
-        for name in list(self.running):
-            self.stop(name)
+                 running.helper.pid)

@@ -1,9 +1,9 @@
 """The stream broker between vmsilod and one helper, in one process over real socket pairs:
 the helper gets streams to its own port, spliced to a guest stream (here an echo service on
 a socket pair standing for the VM's channel); anything else it sends — another port, garbage,
-an oversized record, a descriptor — closes its broker, is logged with the VM's name, and
-never reaches ``open_port``; streams already open keep working; and the number of open
-streams is capped."""
+an oversized record, a descriptor — is logged with the VM's name, never reaches
+``open_port``, closes its broker and ends the streams it had, and the launcher hears of it;
+and the number of open streams is capped."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Guest:
 
     calls: list[tuple[str, int, bool]] = field(default_factory=list)
     refuse: str | None = None
+    violations: list[str] = field(default_factory=list)  # what the launcher was told
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def open_port(self, vm: str, port: int, start: bool,
@@ -56,7 +57,8 @@ class Guest:
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[StreamBroker, wire.BrokerClient, Guest]]:
     guest = Guest()
-    broker = StreamBroker(VM, "D-Bus proxy", PORT, guest.open_port, max_streams=2)
+    broker = StreamBroker(VM, "D-Bus proxy", PORT, guest.open_port, max_streams=2,
+                          on_violation=lambda: guest.violations.append(VM))
     client = wire.BrokerClient(os.dup(broker.helper_fd))
     broker.release()
     broker.start()
@@ -100,8 +102,10 @@ async def test_another_port_closes_the_broker_and_is_never_opened(
     assert f"VM {VM}: the D-Bus proxy helper broke its broker's rules (asked for port 5000" \
         in caplog.text
     assert broker.violation is not None
-    # The stream it already had still works.
-    assert await _roundtrip(first, b"still here") == b"STILL HERE"
+    assert guest.violations == [VM]
+    # The stream it already had is ended too.
+    reader, _ = await asyncio.open_unix_connection(sock=first)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
 
 
 async def _closed_after(client: wire.BrokerClient, record: bytes,
@@ -123,6 +127,7 @@ async def test_garbage_closes_the_broker(setup: tuple, record: bytes) -> None:
     _broker, client, guest = setup
     await _closed_after(client, record)
     assert guest.calls == []
+    assert guest.violations == ([] if record == b"" else [VM])
 
 
 async def test_a_descriptor_sent_along_closes_the_broker(setup: tuple) -> None:

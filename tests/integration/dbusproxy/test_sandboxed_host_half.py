@@ -3,7 +3,8 @@ desktop user (`nobody`), on a private session bus standing for the user's. It ru
 capabilities and no_new_privs in namespaces of its own, sees the bus socket at
 /run/desktop/bus and nothing else of the user's (not their home, not the other files next to
 the bus socket, not vmsilod's state), and asks its broker for guest port 5001 of its own VM,
-never to start it. A bus path the user turned into a link is refused."""
+never to start it. Taken over (its broker descriptor used by someone else) and asking for
+another port, it is stopped. A bus path the user turned into a link is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pytest
 
 from tests.support.dbus import start_bus
 from tests.support.sandboxed import (
+    broker_fd,
     namespaces,
     outside_the_runtime,
     probe,
@@ -31,6 +34,7 @@ from vmsilo.config.load import parse_config
 from vmsilo.daemon.dbusproxy import ProxyLauncher
 from vmsilo.errors import UserError
 from vmsilo.host.paths import Mode, Paths
+from vmsilo.protocol import broker as wire
 
 pytestmark = [
     pytest.mark.allow_subprocess,
@@ -151,6 +155,23 @@ async def test_stopping_ends_the_sandbox(
     launcher.stop(VM)
     assert sandboxed_pids("vmsilo.dbusproxy.host_main", VM) == []
     assert "the D-Bus proxy ends" in _log(desktop)
+
+
+async def test_a_helper_asking_for_another_port_is_stopped(
+    desktop: Desktop, launched: tuple[ProxyLauncher, list[tuple[str, int, bool]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    launcher, asked = launched
+    await _until(lambda: asked)
+    (pid,) = sandboxed_pids("vmsilo.dbusproxy.host_main", VM)
+    stolen = socket.socket(fileno=broker_fd(pid))
+    stolen.send(wire.encode_request(5000))
+    await _until(lambda: not sandboxed_pids("vmsilo.dbusproxy.host_main", VM))
+    assert launcher.running == {}
+    assert (f"VM {VM}: the D-Bus proxy helper broke its broker's rules (asked for port 5000; "
+            "it may only open port 5001); it is cut off") in caplog.text
+    assert {port for _, port, _ in asked} == {5001}
+    stolen.close()
 
 
 async def test_a_bus_path_turned_into_a_link_is_refused(

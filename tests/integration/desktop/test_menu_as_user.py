@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.attacker import Canaries, plant_link, root_owned
 from tests.support.daemon import BIN, HELPER_ENV, SYSTEM_PYTHON
 from vmsilo.desktop.install import Targets
 from vmsilo.desktop.menu import MenuWriteError, write_as
@@ -29,27 +29,23 @@ pytestmark = [
 NOBODY = 65534
 ENTRY = {"file": "xterm.desktop", "icon": "xterm.svg",
          "text": "[Desktop Entry]\nType=Application\nName=XTerm\nExec=xterm\n"}
-PASSWD = "root:x:0:0:root:/root:/bin/bash\n"
 
 
 @dataclass
 class Scene:
     home: Path
-    canary: Path  # root's: passwd-copy, somedir/, etc-like/
+    canaries: Canaries  # root's: passwd-copy, somedir/, etc-like/
     icons: Path  # the image's icon directory (root's, world-readable)
 
+    @property
+    def canary(self) -> Path:
+        return self.canaries.root
+
     def snapshot(self) -> dict[str, tuple[int, int, int, bytes | tuple[str, ...]]]:
-        shot = {}
-        for path in [self.canary, *sorted(self.canary.rglob("*"))]:
-            st = path.lstat()
-            content: bytes | tuple[str, ...] = (
-                tuple(sorted(p.name for p in path.iterdir())) if path.is_dir()
-                else path.read_bytes())
-            shot[str(path)] = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), content)
-        return shot
+        return self.canaries.snapshot()
 
     def root_owned_in_home(self) -> list[Path]:
-        return [p for p in [self.home, *self.home.rglob("*")] if p.lstat().st_uid == 0]
+        return root_owned(self.home)
 
 
 @pytest.fixture
@@ -63,41 +59,13 @@ def scene(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
     home, canary, icons = base / "home", base / "canary", base / "icons"
     home.mkdir(mode=0o700)
     os.chown(home, NOBODY, NOBODY)
-    canary.mkdir()
-    (canary / "passwd-copy").write_text(PASSWD)
-    (canary / "somedir").mkdir()
-    (canary / "etc-like").mkdir()
-    (canary / "etc-like" / "hosts").write_text("127.0.0.1 localhost\n")
+    canaries = Canaries.make(canary)
     icons.mkdir()
     (icons / "xterm.svg").write_text("<svg/>")
     try:
-        yield Scene(home, canary, icons)
+        yield Scene(home, canaries, icons)
     finally:
         shutil.rmtree(base)
-
-
-def _as_nobody(action: Callable[[], None]) -> None:
-    """Plant something in the home as its user would (links the user may make)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            action()
-        except BaseException:
-            os._exit(1)
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
-def _link(link: Path, target: Path) -> Callable[[], None]:
-    def plant() -> None:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target)
-
-    return plant
 
 
 def _plant(scene: Scene, layout: str) -> None:
@@ -115,7 +83,7 @@ def _plant(scene: Scene, layout: str) -> None:
                           scene.canary / "passwd-copy"),
     }
     link, target = links[layout]
-    _as_nobody(_link(link, target))
+    plant_link(NOBODY, NOBODY, link, target)
 
 
 LAYOUTS = ["applications folder", "icon folder", "menu folder", "directory folder", "an icon",
