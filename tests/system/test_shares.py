@@ -7,6 +7,7 @@ honoured refused up front."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import RunningDaemon
+from vmsilo.host.procid import ProcessIdentity
 from vmsilo.shares import virtiofsd
 
 NOBODY = 65534
@@ -152,6 +154,28 @@ def test_a_uid_map_from_upstream_is_honoured(shares: RunningDaemon) -> None:
     assert code == 0, out
     made = (shares.root / "srv" / "priv" / "by-root").stat()
     assert (made.st_uid, made.st_gid) == (NOBODY, NOBODY)  # uidMap = ":0:65534:1:"
+
+
+def test_a_restarted_vmsilod_adopts_the_running_virtiofsd_and_stops_it(
+    shares: RunningDaemon,
+) -> None:
+    code, out = run(shares, "homey", "echo before > ~/adopted")
+    assert code == 0, out
+    runtime = shares.root / "run" / "homey"
+    records = {p.parent.name: json.loads(p.read_text())
+               for p in runtime.glob("virtiofs-*/virtiofsd.json")}  # fmt: skip
+    assert sorted(records) == ["virtiofs-docs", "virtiofs-papers", "virtiofs-vmsilo-home"]
+    for name, record in records.items():
+        st = (runtime / name / "virtiofsd.json").stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+        assert ProcessIdentity.from_json(record).alive()
+    shares.restart_daemon_only()
+    code, out = run(shares, "homey", "cat ~/adopted; echo after >> ~/adopted")
+    assert (code, out) == (0, "before"), out + shares.log()
+    assert shares.cli("vm-stop", "homey").returncode == 0
+    assert not any(ProcessIdentity.from_json(r).alive() for r in records.values())
+    assert not runtime.exists()
+    assert (shares.root / "shared" / "homey" / "adopted").read_text() == "before\nafter\n"
 
 
 def test_a_readonly_share_refuses_writes_even_from_root(shares: RunningDaemon) -> None:
