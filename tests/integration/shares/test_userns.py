@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,7 +161,17 @@ def test_virtiofsd_starts_as_the_vms_ids_is_adopted_by_identity_and_stopped(
         record = json.loads((directory / runner.RECORD).read_text())
         assert record == running.identity.to_json()
         with runtime.sub("virtiofs-docs", create=False) as sub:
-            sub.connect_unix("socket").close()  # vmsilod can reach it
+            connection = sub.connect_unix("socket")  # vmsilod can reach it
+        with connection:
+            # Once connected, virtiofsd sets up its own sandbox inside our namespace: a child
+            # in new PID, network and mount namespaces whose root is the share.
+            sandboxed = _child_of(running.pid)
+            for kind in ("user", "ipc", "uts"):  # the launcher's
+                assert _ns(sandboxed, kind) == _ns(running.pid, kind) != _ns(os.getpid(), kind)
+            assert _ns(sandboxed, "pid") != _ns(running.pid, "pid")  # its own, and these:
+            assert _ns(sandboxed, "net") != _ns(os.getpid(), "net")  # (the launcher has none)
+            assert _ns(sandboxed, "mnt") != _ns(os.getpid(), "mnt")
+            assert os.path.samestat(os.stat(f"/proc/{sandboxed}/root"), shared.stat())
 
         adopted = runner.adopt(runtime, "docs")
         assert adopted is not None and adopted.identity == running.identity
@@ -179,6 +190,20 @@ def test_virtiofsd_starts_as_the_vms_ids_is_adopted_by_identity_and_stopped(
         running.process.wait(5)  # our own child: reaped here
     finally:
         runner.stop(running)
+
+
+def _child_of(pid: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError(f"virtiofsd {pid} set up no sandbox within {timeout} s")
+
+
+def _ns(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
 def test_a_share_virtiofsd_could_not_reach_is_refused_up_front(
