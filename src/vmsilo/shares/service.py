@@ -77,6 +77,13 @@ class ShareService:
                 f"root, or set vms.{rvm.name}.sharedHome = false and remove its "
                 "sharedDirectories"
             )
+        uid, gid = self.owner()
+        if 0 in (uid, gid):
+            raise UserError(
+                f"VM {rvm.name} shares folders, and the guest's user would be host root there "
+                f"(user = {self.user!r} has uid {uid}, gid {gid}): set user to the desktop "
+                f"account (not root), or set vms.{rvm.name}.sharedHome = false and remove its "
+                "sharedDirectories")
         found = self.virtiofsd()
         if found is None:
             raise UserError(

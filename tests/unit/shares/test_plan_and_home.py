@@ -198,3 +198,13 @@ def test_a_template_or_shared_root_someone_else_controls_is_refused(tmp_path: Pa
     with pytest.raises(UserError, match=r"vms\.a\.sharedHome: .* root's alone"):
         ensure_home(share, template, NOBODY)
     assert list(shared_root.iterdir()) == []
+
+
+def test_shares_are_refused_when_the_desktop_user_is_root(tmp_path: Path) -> None:
+    from vmsilo.shares.service import ShareService
+
+    config = parse_config('enable = true\nuser = "root"\n[vms.a]\n')
+    service = ShareService(Paths.under(tmp_path, Mode.SYSTEM), "root")
+    with pytest.raises(UserError, match=r"VM a shares folders, and the guest's user would be "
+                                        r"host root .* set user to the desktop account"):
+        service.check(resolve(config).vms["a"])
