@@ -117,8 +117,7 @@ def ensure_home(share: Share, template: Path, owner: tuple[int, int]) -> bool:
     directory, is refused. Raises ``UserError`` (``UnsafePath`` for a foreign or linked
     template or parent)."""
     home = share.source
-    existing = _existing_home(share)
-    if existing:
+    if _existing_home(share):
         return False
     with Dir.secure(template.parent) as state:
         template_dir = state.sub(template.name, mode=0o755)

@@ -99,7 +99,14 @@ def command(
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    """The C library with the prototypes used here (so every argument has its C width)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_void_p]  # fmt: skip
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]  # fmt: skip
+    return libc
 
 
 def _check(result: int, what: str) -> None:
@@ -171,8 +178,10 @@ def _readonly_bind(libc: ctypes.CDLL, path: str) -> None:
                     ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]  # fmt: skip
 
     attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    result = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, target, AT_RECURSIVE,
-                          ctypes.byref(attr), ctypes.sizeof(attr))  # fmt: skip
+    # syscall(2) is variadic: each argument is given its C type explicitly.
+    result = libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD),
+                          ctypes.c_char_p(target), ctypes.c_uint(AT_RECURSIVE),
+                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))  # fmt: skip
     if result == 0:
         return
     if ctypes.get_errno() != errno.ENOSYS:
