@@ -5,6 +5,7 @@ cannot read)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -96,8 +97,10 @@ def test_an_unprivileged_user_runs_a_vm_in_their_own_directories(session: UserSe
     assert result.returncode == 0, result.stderr + (session.home / "daemon.log").read_bytes()
     assert result.stdout == b"demo\n"
     runtime = session.home / "runtime" / "vmsilo" / "demo"
-    pid = int((runtime / "vmm.pid").read_text())
-    assert os.stat(f"/proc/{pid}").st_uid == NOBODY  # the VMM runs as the user
+    pid = json.loads((runtime / "processes.json").read_text())["vmm"]["pid"]
+    assert os.stat(f"/proc/{pid}").st_uid == NOBODY  # the VMM runs as the user...
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")  # ...jailed
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{pid}/status").read_text()
     assert (session.home / "runtime" / "vmsilo" / "control.socket").exists()
     overlay = session.home / ".local/share/vmsilo/demo/overlay.raw"
     assert overlay.exists() and overlay.stat().st_uid == NOBODY
@@ -110,3 +113,32 @@ def test_vms_that_need_root_are_refused_with_the_reason(session: UserSession) ->
     message = result.stderr.decode()
     assert "VM wired needs root for its network interface 'wan'" in message
     assert "run vmsilod as root" in message
+
+
+def test_a_run_directory_someone_else_made_first_is_refused(test_image: None) -> None:
+    """Without XDG_RUNTIME_DIR the run directory is /tmp/vmsilo-<uid>, which any local user
+    could create first (and then own the control socket): vmsilod refuses it, saying why."""
+    if not SYSTEM_PYTHON.exists() or sys.version_info[:2] != (3, 11):
+        pytest.skip("needs Debian's python3 of the suite's Python version")
+    planted = Path(f"/tmp/vmsilo-{NOBODY}")
+    if planted.exists() or planted.is_symlink():
+        pytest.skip(f"{planted} exists already")
+    home = Path(tempfile.mkdtemp(prefix="vmsilo-user-", dir="/var/tmp"))
+    home.chmod(0o755)
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 1, 1)  # another user ("daemon") made it first
+    try:
+        user = UserSession(home)
+        del user.env["XDG_RUNTIME_DIR"]
+        result = subprocess.run(
+            [str(SYSTEM_PYTHON), "-m", "vmsilo.cli.main", "daemon"], env=user.env,
+            capture_output=True, timeout=60, check=False, user=NOBODY, group=NOBODY,
+            extra_groups=[])
+        message = result.stderr.decode()
+        assert result.returncode == 1, message
+        assert f"{planted} belongs to uid 1, not to uid {NOBODY} or root" in message
+        assert "remove it" in message
+        assert os.listdir(planted) == []  # nothing was made in it
+    finally:
+        shutil.rmtree(planted, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)

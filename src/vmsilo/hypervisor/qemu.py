@@ -348,8 +348,10 @@ class QemuBackend(Backend):
             try:
                 async with qmp_session(layout.control_socket, timeout=2):
                     return vmm
-            except (OSError, TimeoutError):
-                pass
+            # The socket was bound by us, so connecting succeeds even before QEMU serves it
+            # (or after it died): any failure of the session means "not yet".
+            except Exception as exc:
+                log.debug("VM %s: QMP not answering yet: %s", spec.name, exc)
             if asyncio.get_running_loop().time() > deadline:
                 vmm.kill()
                 await vmm.wait(5)
