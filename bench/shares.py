@@ -10,7 +10,9 @@ UTS and mount namespaces, open-file limit, bounding set), built only here — a
 tag. In the guest, a python3 loop writes 64 MiB in 1 MiB blocks and fsyncs, then, after
 dropping the guest's and the host's page caches, reads it back; it reports its own timings
 (``time.monotonic`` in the guest, so vm-run's overhead is not counted). One untimed pass over
-each target, then 5 rounds in which the three alternate, each round starting with another.
+each target, then 7 rounds: the two shares back to back (which one first alternates), then the
+overlay. Besides the table, the per-round ratio of the two shares is printed (rounds move
+together with cache drops and other load, so the ratio within a round is the steadier one).
 
 Run as root: ``.venv/bin/python -m bench.shares``
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,7 +32,7 @@ from tests.support.images import build_default_image
 
 from bench.common import Comparison, Sample, print_comparisons
 
-ROUNDS = 5
+ROUNDS = 7
 MIB = 64
 NOBODY = 65534
 
@@ -138,11 +141,10 @@ def main() -> None:
         for directory in targets.values():  # warm-up: the first pass over each is slower
             measure(daemon, directory)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
-        names = list(targets)
         for round_number in range(1, ROUNDS + 1):
-            # Each round starts with another target, so none is always measured first.
-            shift = round_number % len(names)
-            for name in names[shift:] + names[:shift]:
+            # The two shares back to back, which one first alternating by round.
+            pair = ["share", "root share"][:: 1 if round_number % 2 else -1]
+            for name in [*pair, "overlay"]:
                 results[name].append(measure(daemon, targets[name]))
             console.print(f"round {round_number}/{ROUNDS}: " + "; ".join(
                 f"{name} write {r[-1][0]:.1f} / read {r[-1][1]:.1f} MB/s"
@@ -166,6 +168,15 @@ def main() -> None:
             higher_is_better=True,
         ))
     print_comparisons("Shared folder I/O (issues 6 and 14)", rows, console)
+    # Cache drops and other load move whole rounds together: the ratio within each round
+    # (the two shares measured back to back) is steadier than the ratio of the medians.
+    for index, what in ((0, "write"), (1, "read")):
+        paired = sorted(root[index] / ns[index]
+                        for ns, root in zip(results["share"], results["root share"],
+                                            strict=True))  # fmt: skip
+        console.print(f"{what}, namespaced vs root, per round: "
+                      f"{' '.join(f'{r:.2f}x' for r in paired)}; median "
+                      f"{statistics.median(paired):.2f}x")
 
 
 def check_baseline(daemon: RunningDaemon) -> None:
