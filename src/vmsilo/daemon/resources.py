@@ -70,7 +70,7 @@ def release_runtime_dir_at(runtime_dir: Path) -> None:
 
 def open_log_dir(spec: LaunchSpec, group: int | None) -> Dir:
     """The VM's log directory, readable by ``group`` (the desktop user's) when given."""
-    logs = Dir.secure(spec.layout.log_dir, mode=LOG_DIR_MODE)
+    logs = Dir.reclaimed(spec.layout.log_dir, mode=LOG_DIR_MODE)
     if group is not None and os.geteuid() == 0:
         os.fchown(logs.fd, 0, group)
         os.fchmod(logs.fd, LOG_DIR_MODE)
@@ -95,7 +95,7 @@ def acquire_overlay(spec: LaunchSpec) -> None:
     if spec.overlay is not OverlayKind.DISK or spec.overlay_disk is None:
         return
     path = spec.overlay_disk.path
-    with Dir.secure(path.parent, mode=STATE_MODE) as state:
+    with Dir.reclaimed(path.parent, mode=STATE_MODE) as state:
         stat = os.fstatvfs(state.fd)
         free = stat.f_bavail * stat.f_frsize
         if free < OVERLAY_MIN_FREE:

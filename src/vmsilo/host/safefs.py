@@ -106,11 +106,14 @@ class Dir:
             raise
 
     def sub(self, name: str, *, mode: int = 0o700, create: bool = True,
-            fresh: bool = False) -> Dir:
+            fresh: bool = False, reclaim: bool = False) -> Dir:
         """A directory inside this one (ours alone). ``fresh`` removes whatever was there
-        first, so it starts empty."""
+        first, so it starts empty; ``reclaim`` removes it only if it is not ours (a link, a
+        file, another owner's directory, one others may write: e.g. left by an older version
+        that gave it to the desktop user) — safe because this directory is ours alone, and
+        removal never follows a link."""
         _check_name(name)
-        if fresh:
+        if fresh or (reclaim and not self._ours(name)):
             self.rmtree(name)
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
@@ -129,6 +132,21 @@ class Dir:
             os.close(fd)
             raise
         return Dir(fd, self.path / name)
+
+    def _ours(self, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True  # nothing to reclaim
+        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+    @classmethod
+    def reclaimed(cls, path: Path, *, mode: int = 0o700, parent_mode: int = 0o755) -> Dir:
+        """``secure(path)``, but a last component that is not ours is replaced (see
+        ``sub``'s ``reclaim``) instead of refused."""
+        with cls.secure(path.parent, mode=parent_mode) as parent:
+            return parent.sub(path.name, mode=mode, reclaim=True)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

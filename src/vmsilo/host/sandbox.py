@@ -82,11 +82,14 @@ class Sandbox:
                 argv += ["--symlink", os.readlink(path), name]
             elif path.is_dir():
                 argv += ["--ro-bind", name, name]
+        for path in self.tmpfs:  # first: a bind below one must not be hidden by it
+            # Writable by the command (the only user inside), sticky as /tmp is.
+            argv += ["--perms", "1777", "--tmpfs", str(path)]
         # bubblewrap makes missing parents of a bind mode 0700 (root's): the unprivileged
         # command could not reach what is bound below them.
         made: set[Path] = set()
         for path in (*map(Path, SYSTEM_FILES), *self.ro_binds, *self.rw_binds,
-                     *self.dev_binds, *self.tmpfs):
+                     *self.dev_binds):
             for parent in reversed(path.parents):
                 if parent != Path("/") and parent not in made and str(parent) not in (
                         "/dev", "/proc", "/usr"):
@@ -95,9 +98,6 @@ class Sandbox:
         for name in SYSTEM_FILES:
             argv += ["--ro-bind-try", name, name]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        for path in self.tmpfs:
-            # Writable by the command (the only user inside), sticky as /tmp is.
-            argv += ["--perms", "1777", "--tmpfs", str(path)]
         for path in self.ro_binds:
             argv += ["--ro-bind", str(path), str(path)]
         for path in self.rw_binds:
