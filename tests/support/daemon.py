@@ -105,9 +105,18 @@ class RunningDaemon:
                 os.kill(pid, signal.SIGTERM)
 
     def _kill_leftover_vmms(self) -> None:
-        for pidfile in (self.root / "run").glob("*/vmm.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        import json
+
+        for record in (self.root / "run").glob("*/processes.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                os.kill(int(json.loads(record.read_text())["vmm"]["pid"]), signal.SIGKILL)
+
+    def vmm_pid(self, vm: str) -> int:
+        """The running VMM's host pid, from vmsilod's record of what it launched."""
+        import json
+
+        record = json.loads((self.root / "run" / vm / "processes.json").read_text())
+        return int(record["vmm"]["pid"])
 
     def cli(self, command: str, *args: str, input: bytes | None = None, timeout: float = 300,
             env_override: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
