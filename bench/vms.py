@@ -2,7 +2,7 @@
 
 ``DirectVm`` starts a VM the way vmsilod's start stages do — the launch spec from the real
 planner (``vmsilo.daemon.plan.launch_spec``) for the default ``demo`` VM, the same runtime
-directory and blank overlay, ``QemuBackend.launch`` as the configured user — but owned by
+directory and blank overlay, ``QemuBackend.launch`` jailed as the VM's own uid — but owned by
 the benchmark, so that it can time each step and open its own ``SerialMuxTransport`` to the
 guest. ``busybox_initramfs`` builds the baseline initramfs (the image's own busybox, an
 ``/init`` that prints a marker and powers off) with our cpio writer. ``GUEST_SERVICES`` is a
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import os
 import pwd
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tests.support.images import build_default_image
 
@@ -31,9 +33,11 @@ from vmsilo.channel.transports import SerialMuxTransport
 from vmsilo.config import parse_config, resolve
 from vmsilo.daemon import resources
 from vmsilo.daemon.plan import launch_spec
+from vmsilo.host import ids
 from vmsilo.host.paths import Mode, Paths
+from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import VmmProcess
-from vmsilo.hypervisor.qemu import QemuBackend
+from vmsilo.hypervisor.qemu import QemuBackend, VmmJail
 from vmsilo.hypervisor.spec import LaunchSpec
 from vmsilo.image import cpio
 from vmsilo.protocol.exec import ExecRequest
@@ -153,19 +157,30 @@ class DirectVm:
     """One VM started and stopped by the benchmark itself. ``started`` is the
     ``time.perf_counter()`` just before QEMU was spawned."""
 
-    def __init__(self, spec: LaunchSpec) -> None:
+    def __init__(self, spec: LaunchSpec, jail: Any = None) -> None:
         self.spec = spec
-        self.owner = vmm_owner()
+        self.jail = jail if jail is not None else VmmJail(ids.vmm_id(spec.cid),
+                                                          ids.vmm_id(spec.cid))
+        self.runtime: Dir | None = None
         self.backend = QemuBackend()
         self.vmm: VmmProcess | None = None
         self.transport: SerialMuxTransport | None = None
         self.started = 0.0
 
     async def start(self) -> None:
-        resources.acquire_runtime_dir(self.spec, self.owner)
-        resources.acquire_overlay(self.spec, self.owner)
+        self.runtime = resources.acquire_runtime_dir(self.spec)
+        resources.acquire_overlay(self.spec)
+        with resources.open_log_dir(self.spec, None) as logs:
+            console = resources.open_log(logs, "console.log", None, rotate=True)
+            vmm_log = resources.open_log(logs, "vmm.log", None, rotate=True)
         self.started = time.perf_counter()
-        self.vmm = await self.backend.launch(self.spec, uid=self.owner[0], gid=self.owner[1])
+        try:
+            self.vmm = await self.backend.launch(self.spec, runtime=self.runtime,
+                                                 console_log=console, vmm_log=vmm_log,
+                                                 jail=self.jail)
+        finally:
+            os.close(console)
+            os.close(vmm_log)
 
     async def seconds_to_hello(self) -> float:
         """Wait for the agent's hello on a fresh channel connection; seconds since spawn."""
@@ -208,6 +223,9 @@ class DirectVm:
             self.vmm.close()
             self.vmm = None
         resources.release_overlay(self.spec)
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
         resources.release_runtime_dir(self.spec)
 
     async def __aenter__(self) -> DirectVm:

@@ -123,7 +123,8 @@ class Sandbox:
 
 def read_child_pid(fd: int, timeout: float = 10.0) -> int:
     """The command's host pid from bubblewrap's ``--info-fd`` pipe (read end ``fd``, which
-    is closed here). Raises ``OSError`` if bubblewrap ended without writing it."""
+    is closed here): one JSON object holding ``child-pid``. Raises ``OSError`` if bubblewrap
+    ended (or ``timeout`` seconds passed) without writing it."""
     import select
 
     data = b""
@@ -131,16 +132,16 @@ def read_child_pid(fd: int, timeout: float = 10.0) -> int:
         while True:
             ready, _, _ = select.select([fd], [], [], timeout)
             if not ready:
-                raise OSError("bubblewrap did not report the sandbox's pid")
+                raise OSError("bubblewrap did not report the sandbox's pid in time")
             chunk = os.read(fd, 4096)
-            if not chunk:
-                break
             data += chunk
             if len(data) > 65536:
                 raise OSError("bubblewrap's info is too long")
+            try:
+                return int(json.loads(data)["child-pid"])
+            except (ValueError, KeyError, TypeError) as exc:
+                if not chunk:
+                    raise OSError("bubblewrap did not report the sandbox's pid "
+                                  f"({data[:200]!r})") from exc
     finally:
         os.close(fd)
-    try:
-        return int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise OSError(f"bubblewrap did not report the sandbox's pid ({data[:200]!r})") from exc
