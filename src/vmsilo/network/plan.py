@@ -65,10 +65,13 @@ class FqCodel:
     quantum: int
 
 
+TAP_OWNER = "root"
+
+
 @dataclass(frozen=True)
 class TapDevice:
     name: str
-    owner: str  # the user the TAP belongs to (the VMM runs as them)
+    owner: str  # the user who may attach to the TAP (root: vmsilod passes the VMM its fd)
     vm: str
     interface: str
     guest_mac: str  # the guest's MAC, for rules; the TAP keeps a MAC of its own
@@ -207,7 +210,9 @@ def plan_vm(resolved: Resolved, vm_name: str) -> NetworkPlan:
         taps.append(
             TapDevice(
                 name=tap,
-                owner=resolved.config.user,
+                # Nobody but root may attach to it: vmsilod opens it and passes the descriptor
+                # to the jailed VMM, so the desktop user gets no handle on the VM's traffic.
+                owner=TAP_OWNER,
                 vm=vm_name,
                 interface=interface.name,
                 guest_mac=interface.mac,

@@ -60,7 +60,7 @@ def test_example_client_gets_a_link_tap_in_its_bridge_with_anti_spoofing() -> No
     assert plan.taps == (
         TapDevice(
             name="banking-22",
-            owner="alice",
+            owner="root",  # only root may attach; the VMM gets its descriptor
             vm="banking",
             interface="upstream",
             guest_mac="52:be:64:bf:cc:65",
