@@ -199,7 +199,14 @@ def check_id_map(value: str) -> None:
 
 
 def check_translate_map(value: str) -> None:
+    """virtiofsd's ``--translate-uid``/``--translate-gid`` form: ``<type>:<source>:<target>:
+    <count>``, except ``forbid-guest:<guest base>:<count>`` (no target)."""
     parts = value.split(":")
+    if parts[0] == "forbid-guest":
+        if len(parts) != 3 or not all(part.isdigit() for part in parts[1:]):
+            raise ValueError(f"{value!r} is not an id translation; write "
+                             "'forbid-guest:<guest base>:<count>', e.g. 'forbid-guest:0:1000'")
+        return
     if (
         len(parts) != 4
         or parts[0] not in _TRANSLATE_TYPES
@@ -207,7 +214,8 @@ def check_translate_map(value: str) -> None:
     ):
         raise ValueError(
             f"{value!r} is not an id translation; write '<type>:<source>:<target>:<count>' "
-            f"with type one of {', '.join(_TRANSLATE_TYPES)}, e.g. 'map:1000:1000:1'"
+            f"with type one of {', '.join(_TRANSLATE_TYPES)}, e.g. 'map:1000:1000:1' "
+            "('forbid-guest:<guest base>:<count>' has no target)"
         )
 
 

@@ -118,3 +118,15 @@ def test_snake_case_names_are_accepted_too() -> None:
 def test_example_config_is_valid() -> None:
     config = parse_config(EXAMPLE.read_text())
     assert sorted(config.vms) == ["banking", "personal", "shopping", "sys-net"]
+
+
+@pytest.mark.parametrize("translation", ["forbid-guest:0:1000", "map:1000:1000:1",
+                                         "squash-host:0:65534:1000"])
+def test_id_translations_in_virtiofsd_forms_are_accepted(translation: str) -> None:
+    config = parse_config(f"""
+user = "alice"
+[vms.banking.sharedDirectories.docs]
+path = "/srv/docs"
+translateUid = "{translation}"
+""")
+    assert config.vms["banking"].shared_directories["docs"].translate_uid == translation
