@@ -127,6 +127,7 @@ def test_id_translations_in_virtiofsd_forms_are_accepted(translation: str) -> No
 user = "alice"
 [vms.banking.sharedDirectories.docs]
 path = "/srv/docs"
+posixAcl = false
 translateUid = "{translation}"
 """)
     assert config.vms["banking"].shared_directories["docs"].translate_uid == translation
