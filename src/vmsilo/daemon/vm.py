@@ -31,6 +31,7 @@ from vmsilo.daemon import resources
 from vmsilo.daemon.runstate import Runstate, StateError, check_transition, require
 from vmsilo.daemon.stages import StageError, Stages, Undo, rollback_on_failure
 from vmsilo.errors import UserError
+from vmsilo.host import logpump
 from vmsilo.host.procid import ProcessIdentity, kill_if_alive
 from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
@@ -51,6 +52,7 @@ class Timeouts:
     vmm_start: float = 40.0
     agent_hello: float = 180.0
     agent_poweroff: float = 30.0
+    vmm_powerdown: float = 5.0  # the power button, after an agent poweroff that did not end it
     vmm_quit: float = 10.0
     cleanup: float = 30.0
 
@@ -326,10 +328,22 @@ class VmController:
 
         return undo
 
-    def _open_log(self, name: str, *, rotate: bool = False) -> int:
+    def _start_logs(self, names: list[str]) -> logpump.LogPump:
+        """A capped log pump for ``names`` in the VM's root-owned log directory; the desktop
+        user's group may read them."""
         assert self.spec is not None
         with resources.open_log_dir(self.spec, self.log_group) as logs:
-            return resources.open_log(logs, name, self.log_group, rotate=rotate)
+            return logpump.start(logs, names, rotate_at_start=True,
+                                 mode=resources.LOG_FILE_MODE, group=self.log_group)
+
+    def _open_log(self, name: str) -> int:
+        """A writable descriptor for a child's output to log ``name`` (the child's starter
+        closes it once the child holds it)."""
+        pump = self._start_logs([name])
+        try:
+            return os.dup(pump.fd(name))
+        finally:
+            pump.close_write_ends()
 
     async def _acquire_shares(self, spec: LaunchSpec) -> Undo | None:
         if self.shares is None or not spec.shares:
@@ -356,16 +370,14 @@ class VmController:
 
     async def _launch(self, spec: LaunchSpec) -> Undo:
         assert self.runtime is not None
-        console_log = self._open_log(CONSOLE_LOG, rotate=True)
-        vmm_log = self._open_log(VMM_LOG, rotate=True)
+        pump = await asyncio.to_thread(self._start_logs, [CONSOLE_LOG, VMM_LOG])
         try:
             self.vmm = await self.backend.launch(spec, runtime=self.runtime,
-                                                 console_log=console_log, vmm_log=vmm_log,
+                                                 console_log=pump.fd(CONSOLE_LOG),
+                                                 vmm_log=pump.fd(VMM_LOG),
                                                  jail=self.jail(self.resolved))
         finally:
-            for fd in (console_log, vmm_log):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            pump.close_write_ends()  # QEMU holds its own copies; the pump ends with them
         undo = self._undo_vmm(spec, self.vmm)
         record = _process_record(self.vmm)
         if record is not None:
@@ -426,13 +438,19 @@ class VmController:
     async def _start_helpers(self, spec: LaunchSpec) -> Undo | None:
         if not self.helpers:
             return None
-        for helper in self.helpers:
-            helper.start(self.resolved)
+        tried: list[Helper] = []
 
         async def undo() -> None:
-            for helper in reversed(self.helpers):
+            for helper in reversed(tried):
                 helper.stop(self.name)
 
+        try:
+            for helper in self.helpers:
+                tried.append(helper)  # stopped even if its start fails half-way
+                helper.start(self.resolved)
+        except BaseException:
+            await undo()  # the stage fails: its own undo is never registered
+            raise
         return undo
 
     # -- running ----------------------------------------------------------------------------
@@ -522,7 +540,8 @@ class VmController:
                     return "guest powered off"
             except (ChannelError, TimeoutError, OSError, Exception) as exc:
                 log.info("VM %s: agent poweroff did not finish: %s", self.name, exc)
-        return await self.backend.stop(spec, vmm, graceful=5.0, forced=self.timeouts.vmm_quit)
+        return await self.backend.stop(spec, vmm, graceful=self.timeouts.vmm_powerdown,
+                                       forced=self.timeouts.vmm_quit)
 
     # -- re-adoption ------------------------------------------------------------------------
 

@@ -78,8 +78,11 @@ class VmmProcess:
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._pidfd)
+        """Idempotent: once closed, the pidfd's number may already belong to someone else."""
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
