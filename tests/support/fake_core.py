@@ -216,3 +216,49 @@ async def abandon(vm: VmController) -> int:
 def runtime_files(core: Core, name: str = "alpha") -> list[str]:
     return sorted(os.listdir(core.runtime_dir(name)))
 
+
+
+class SignalSpy:
+    """Notes every signal the process sends (``os.kill``, ``os.killpg``, and
+    ``signal.pidfd_send_signal``, by the pidfd's pid from ``/proc/self/fdinfo``) and sends it.
+    Install with ``install(monkeypatch)``; ``pids`` are the targets, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, int]] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for _, pid, _ in self.sent]
+
+    def install(self, monkeypatch: Any) -> SignalSpy:
+        import signal as signals
+
+        real_kill, real_killpg = os.kill, os.killpg
+        real_pidfd = signals.pidfd_send_signal
+
+        def kill(pid: int, sig: int) -> None:
+            self.sent.append(("kill", pid, sig))
+            real_kill(pid, sig)
+
+        def killpg(pgid: int, sig: int) -> None:
+            self.sent.append(("killpg", pgid, sig))
+            real_killpg(pgid, sig)
+
+        def pidfd_send_signal(fd: int, sig: int, *args: Any) -> None:
+            self.sent.append(("pidfd", _pidfd_pid(fd), sig))
+            real_pidfd(fd, sig, *args)
+
+        monkeypatch.setattr(os, "kill", kill)
+        monkeypatch.setattr(os, "killpg", killpg)
+        monkeypatch.setattr(signals, "pidfd_send_signal", pidfd_send_signal)
+        return self
+
+
+def _pidfd_pid(fd: int) -> int:
+    try:
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
