@@ -75,7 +75,8 @@ class Supervisor:
             self._watch_idle(self.vms[vm])
 
     async def stop(self, name: str) -> str:
-        vm = self.controller(name)
+        # A VM dropped from the config that still runs is listed by status: stop it by name.
+        vm = self.vms[name] if name in self._removed else self.controller(name)
         how = await vm.stop()
         self._after_stop(vm)
         return how
@@ -166,7 +167,9 @@ class Supervisor:
 
     def _watch_idle(self, vm: VmController) -> None:
         settings = vm.resolved.vm.auto_shutdown
-        if not settings.enable or vm.name in self._idle_tasks:
+        watching = self._idle_tasks.get(vm.name)
+        # A watch ends by itself once its VM stops on its own (a guest power-off, a crash).
+        if not settings.enable or (watching is not None and not watching.done()):
             return
         self._idle_tasks[vm.name] = asyncio.create_task(self._idle_loop(vm, settings.after))
 
