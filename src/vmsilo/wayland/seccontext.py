@@ -5,7 +5,8 @@ Every client that connects to ``--socket`` is known to the compositor as sandbox
 ``vmsilo``, app id ``vmsilo:<vm>:<#colour>``, instance ``<vm>``: compositors that implement the
 protocol (KWin, wlroots-based ones) can then refuse it privileged protocols and colour its
 decorations. The socket lives while this process does (the compositor stops listening when the
-pipe it was given hangs up), so vmsilod runs it for as long as the VM's Wayland path is up.
+pipe it was given hangs up), so the Wayland host half (``vmsilo.wayland.host_main``) runs it, in
+the same sandbox, for as long as the VM's Wayland path is up.
 
 It prints one line: ``ready`` once the compositor listens, or ``unsupported`` (exit 3) when the
 compositor does not offer the protocol, in which case the VM's connections go to the
