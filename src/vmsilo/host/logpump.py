@@ -93,7 +93,7 @@ class CappedLog:
     existing regular file of ours with a single link. Anything else at the name (a symbolic
     link, a hard link, a FIFO, a socket, a device) is removed, never opened; a directory
     there is an error. Opening raises ``OSError``; writing never raises (see ``write``).
-    Every file the log writes gets ``mode`` exactly (the umask aside) and, when ``group`` is
+    Every file the log writes gets ``mode`` exactly (whatever the umask) and, when ``group`` is
     given, that group (say the desktop user's, with ``mode`` 0640, to let them read it).
     ``where`` is the directory's path, for messages only.
     """
@@ -231,27 +231,30 @@ class CappedLog:
 
 def pump(sources: dict[int, CappedLog]) -> None:
     """Copy each descriptor of ``sources`` (read ends of pipes) into its log until every one
-    is at end of file; each is closed as it ends, and so is its log."""
+    is at end of file. A source that ends is closed with its log and removed from
+    ``sources``, so after an exception what is left there is still open."""
     if len(sources) == 1:  # the common case: no poll per read
         [(fd, log)] = sources.items()
         while data := os.read(fd, READ_SIZE):
             log.write(data)
-        os.close(fd)
-        log.close()
+        _end(sources, fd)
         return
     poller = select.poll()
     for fd in sources:
         poller.register(fd, select.POLLIN)
-    open_logs = dict(sources)
-    while open_logs:
+    while sources:
         for fd, _ in poller.poll():
             data = os.read(fd, READ_SIZE)
             if data:
-                open_logs[fd].write(data)
+                sources[fd].write(data)
                 continue
             poller.unregister(fd)
-            os.close(fd)
-            open_logs.pop(fd).close()
+            _end(sources, fd)
+
+
+def _end(sources: dict[int, CappedLog], fd: int) -> None:
+    os.close(fd)
+    sources.pop(fd).close()
 
 
 def drain(fds: Sequence[int]) -> None:
@@ -362,21 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report(args.status_fd, "ok")
     try:
         pump(logs)
-    except Exception as exc:  # a bug: say so in each log, then keep the writers going
+    except Exception as exc:  # a bug: say so in the logs still open, keep the writers going
         for log in logs.values():
             log.write(f"\n[vmsilo log pump: stopped by an internal error: {exc!r}]\n".encode())
             log.close()
-        drain([fd for fd in logs if _is_open(fd)])
+        drain(list(logs))
         return 1
     return 0
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 def _check_name(name: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,6 +249,42 @@ def test_main_pumps_pipes_into_logs_until_every_writer_is_gone(logs: Dir) -> Non
     for fd in (big_read, small_read, status_write):
         with pytest.raises(OSError):
             os.fstat(fd)  # the pump closed them as they ended
+    os.close(status_read)
+
+
+def test_an_internal_error_is_noted_and_the_writers_never_block(
+        logs: Dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = CappedLog.write
+
+    def buggy(self: CappedLog, data: bytes) -> None:
+        if b"boom" in data:
+            raise RuntimeError("bug")
+        real_write(self, data)
+
+    monkeypatch.setattr(CappedLog, "write", buggy)
+    status_read, status_write = os.pipe()
+    sources = {name: os.pipe() for name in ("a.log", "b.log")}
+
+    def writer() -> None:
+        with os.fdopen(sources["b.log"][1], "wb") as out:
+            out.write(b"b is done\n")
+        # b's data is logged before the bug strikes (main may not even have made b.log yet)
+        while not logs.exists("b.log") or content(logs, "b.log") != b"b is done\n":
+            time.sleep(0.01)
+        with os.fdopen(sources["a.log"][1], "wb") as out:
+            out.write(b"boom")
+            out.write(b"x" * 1_000_000)  # far more than a pipe holds: must be drained
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    code = logpump.main(["--dir-fd", str(logs.fd), "--status-fd", str(status_write),
+                         *(f"{read}:{name}" for name, (read, _) in sources.items())])
+    thread.join(10)
+    assert not thread.is_alive()
+    assert code == 1
+    assert content(logs, "b.log") == b"b is done\n"  # ended before the bug: left alone
+    assert content(logs, "a.log") == (
+        b"\n[vmsilo log pump: stopped by an internal error: RuntimeError('bug')]\n")
     os.close(status_read)
 
 
