@@ -17,16 +17,19 @@ import pytest
 from vmsilo.host import proc, schedcore
 from vmsilo.host.schedcore import Mode
 
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="qemu-system-x86_64 is not installed")
 
 
 def start_qemu(accel: str, cpus: int, debug_threads: bool = True) -> subprocess.Popen[bytes]:
-    """A paused QEMU (``-S``): its vCPU threads exist, nothing runs."""
+    """A paused QEMU (``-S``): its vCPU threads exist, nothing runs. With the seccomp
+    sandbox vmsilod gives QEMU: the threads still name themselves under it."""
     name = "schedcore-test" + (",debug-threads=on" if debug_threads else "")
     qemu = proc.spawn(["qemu-system-x86_64", "-M", "microvm", "-accel", accel, "-smp",
                        str(cpus), "-m", "64", "-nodefaults", "-display", "none", "-S",
-                       "-name", name])
+                       "-name", name, "-sandbox", SANDBOX])
     # The main thread, QEMU's RCU thread and the vCPU threads, which appear (and then name
     # themselves) during machine set-up: wait for the last one.
     vcpu_threads = 1 if "single" in accel else cpus
