@@ -30,9 +30,11 @@ class _Unjailed:
 
     def argv(self, command: list[str], *, info_fd: int | None = None) -> list[str]:
         uid, gid = vms.vmm_owner()
-        report = f'printf \'{{"child-pid": %d}}\' $$ >&{info_fd}; exec "$@"'
-        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-                "sh", "-c", report, "sh", *command]
+        # Reported while still root (the pipe is root's); dash redirects only descriptors
+        # 0-9, so the pipe is reopened through /proc.
+        report = f'printf \'{{"child-pid": %d}}\' $$ > /proc/self/fd/{info_fd}; exec "$@"'
+        return ["sh", "-c", report, "sh", "setpriv", f"--reuid={uid}", f"--regid={gid}",
+                "--clear-groups", "--", *command]
 
 
 async def cold_start(spec: LaunchSpec, jailed: bool) -> tuple[float, float]:

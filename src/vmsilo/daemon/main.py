@@ -30,7 +30,7 @@ from vmsilo.daemon.vm import ExpectedPaths, Timeouts, VmController
 from vmsilo.daemon.wayland import WaylandLauncher
 from vmsilo.desktop.menu import refresh_quietly
 from vmsilo.errors import UserError
-from vmsilo.host import ids
+from vmsilo.host import ids, schedcore
 from vmsilo.host.paths import Mode, Paths
 from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import Backend
@@ -83,6 +83,7 @@ class Daemon:
             if entry.pw_uid != 0:
                 self.owner = (entry.pw_uid, entry.pw_gid)
         self.backends: dict[str, Backend] = {"qemu": QemuBackend()}
+        self._said_no_core_scheduling = False
         # Helpers get streams to their own VM's port through a broker, never the control
         # socket; the supervisor (made below) opens them.
         self.dbus_proxies = ProxyLauncher(paths, self.owner, self._open_port)
@@ -156,7 +157,23 @@ class Daemon:
                             log_group=self.group if self.paths.mode is Mode.SYSTEM else None,
                             timeouts=self.timeouts, network=network, shares=self.shares,
                             helpers=(self.dbus_proxies, self.wayland),
+                            after_launch=self._isolate_cores,
                             expected_paths=self._expected_paths)
+
+    def _isolate_cores(self, pid: int, rvm: ResolvedVm) -> None:
+        """schedulerIsolation for the VMM's vCPU threads; where the kernel lacks core
+        scheduling, said once."""
+        try:
+            result = schedcore.apply(pid, self.config.scheduler_isolation)
+        except OSError as exc:
+            log.warning("VM %s: core scheduling not set: %s", rvm.name, exc)
+            return
+        if result.unsupported is not None:
+            if not self._said_no_core_scheduling:
+                self._said_no_core_scheduling = True
+                log.info("%s", result.describe())
+            return
+        log.info("VM %s: %s", rvm.name, result.describe())
 
     def _jail(self, rvm: ResolvedVm) -> VmmJail:
         """The VMM's own uid and gid (``host/ids.py``); in user mode, vmsilod's user."""

@@ -132,7 +132,8 @@ def build_command(spec: LaunchSpec, accel: Accelerator, fds: LaunchFds,
     fdsets = _Fdsets()
     argv = [
         qemu,
-        "-name", spec.name,
+        # Named threads ("CPU 0/TCG"…): core scheduling finds the vCPUs by name.
+        "-name", f"{spec.name},debug-threads=on",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", machine,
         *accel.qemu_args,
@@ -329,6 +330,7 @@ class QemuBackend(Backend):
             try:
                 pid = await asyncio.to_thread(read_child_pid, info_read)
             except OSError as exc:
+                monitor.kill()  # the jail may be stuck before its command; never wait on it
                 await asyncio.to_thread(monitor.wait)
                 raise VmmLaunchError(spec.name, f"did not start in its jail ({exc}; exit "
                                      f"status {monitor.returncode})", argv,

@@ -254,6 +254,13 @@ def namespace_map(
         translation = parse_translation(options.translation_option, options.translation)
         if flavour == "qemu":
             lines = _fold(lines, translation, options)
+            # virtiofsd runs as id 0 of its namespace: a map without it cannot start it.
+            if not any(line.inside == 0 for line in lines):
+                raise IdMapError(
+                    options.translation_option, options.translation or "",
+                    "with QEMU's C virtiofsd the guest's root id cannot be forbidden (virtiofsd "
+                    "runs as that id of its user namespace); forbid ids from 1 on, or install "
+                    "the Rust virtiofsd")
     return normalise(lines)
 
 

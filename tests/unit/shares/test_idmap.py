@@ -118,15 +118,20 @@ def test_the_c_virtiofsd_gets_a_map_translation_folded_into_the_namespace_map() 
     lines = uids(translation="map:5000:999:3")
     assert [host_of(lines, g) for g in (5000, 5001, 5002)] == [B + 999, NOBODY, B + 1001]
     assert host_of(lines, 999) is None and host_of(lines, 1000) is None
-    # A translation's target beyond the map maps nothing: those guest ids are refused.
-    lines = uids(translation="map:0:70000:1")
-    assert host_of(lines, 0) is None
+    # A translation's target beyond the map maps nothing: those guest ids are refused...
+    lines = uids(translation="map:5:70000:1")
+    assert host_of(lines, 5) is None
+    # ...but virtiofsd itself runs as namespace id 0, which must stay mapped.
+    with pytest.raises(IdMapError, match="guest's root id cannot be forbidden"):
+        uids(translation="map:0:70000:1")
 
 
 def test_forbid_guest_leaves_those_guest_ids_unmapped() -> None:
-    lines = uids(translation="forbid-guest:0:1000")
-    assert host_of(lines, 0) is None and host_of(lines, 999) is None
-    assert host_of(lines, 1000) == NOBODY
+    lines = uids(translation="forbid-guest:1:999")
+    assert host_of(lines, 1) is None and host_of(lines, 999) is None
+    assert host_of(lines, 1000) == NOBODY and host_of(lines, 0) == B
+    with pytest.raises(IdMapError, match="guest's root id cannot be forbidden"):
+        uids(translation="forbid-guest:0:1000")
 
 
 def test_translations_the_namespace_cannot_express_are_refused_for_the_c_flavour() -> None:
