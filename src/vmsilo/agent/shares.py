@@ -1,7 +1,7 @@
-"""Guest side of shared folders, at boot (``vmsilo-shares.service``, before the agent): give
-``user`` the host user's uid and gid when the host asks (``vmsilo.uid``), then mount each
-virtiofs share at its mount point, read-only where the host said so (the host enforces that
-too; the guest's ``ro`` only makes writes fail early and clearly).
+"""Guest side of shared folders, at boot (``vmsilo-shares.service``, before the agent): mount
+each virtiofs share at its mount point, read-only where the host said so (the host enforces
+that too; the guest's ``ro`` only makes writes fail early and clearly). The guest's ``user``
+keeps its ids: the host's virtiofsd maps them to the desktop user's.
 
 A share whose device is not there yet is retried for a few seconds (the virtiofs driver binds
 as its module loads); one that still fails is reported and the others are mounted anyway.
@@ -20,20 +20,6 @@ from vmsilo.protocol.shareparams import GuestShare, GuestShares, ShareParamError
 GUEST_USER = "user"
 MOUNT_ATTEMPTS = 20
 MOUNT_RETRY_SECONDS = 0.25
-
-
-def adopt_ids(uid: int, gid: int) -> None:
-    """Renumber ``user`` and its group (non-unique ids allowed: the host user may be, say,
-    65534, which is also the guest's nobody); its home on the root is re-owned."""
-    import grp
-    import pwd
-
-    entry = pwd.getpwnam(GUEST_USER)
-    if grp.getgrnam(GUEST_USER).gr_gid != gid:
-        subprocess.run(["groupmod", "-o", "-g", str(gid), GUEST_USER], check=True)
-    if entry.pw_uid != uid:
-        subprocess.run(["usermod", "-o", "-u", str(uid), GUEST_USER], check=True)
-    subprocess.run(["chown", "-R", f"{uid}:{gid}", entry.pw_dir], check=False)
 
 
 def mount_share(share: GuestShare) -> str | None:
@@ -56,8 +42,6 @@ def mount_share(share: GuestShare) -> str | None:
 
 def apply(shares: GuestShares) -> int:
     failures = 0
-    if shares.uid is not None and shares.gid is not None:
-        adopt_ids(shares.uid, shares.gid)
     for share in shares.shares:
         problem = mount_share(share)
         if problem is None:
