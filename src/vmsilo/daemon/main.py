@@ -20,7 +20,7 @@ from pathlib import Path
 from vmsilo import systemd
 from vmsilo.channel.stream import Stream
 from vmsilo.config import Resolved, ResolvedVm, load_config, resolve
-from vmsilo.daemon import balloond
+from vmsilo.daemon import balloond, resources
 from vmsilo.daemon.dbusproxy import ProxyLauncher
 from vmsilo.daemon.plan import launch_spec
 from vmsilo.daemon.resources import RUN_ROOT_MODE
@@ -86,8 +86,8 @@ class Daemon:
         self._said_no_core_scheduling = False
         # Helpers get streams to their own VM's port through a broker, never the control
         # socket; the supervisor (made below) opens them.
-        self.dbus_proxies = ProxyLauncher(paths, self.owner, self._open_port)
-        self.wayland = WaylandLauncher(paths, self.owner, self._open_port)
+        self.dbus_proxies = ProxyLauncher(paths, self.owner, self._open_port, self._helper_log)
+        self.wayland = WaylandLauncher(paths, self.owner, self._open_port, self._helper_log)
         self.shares = ShareService(paths, self.config.user if paths.mode is Mode.SYSTEM
                                    else pwd.getpwuid(os.getuid()).pw_name)
         self.resolved = resolve(self.config)
@@ -174,6 +174,11 @@ class Daemon:
                 log.info("%s", result.describe())
             return
         log.info("VM %s: %s", rvm.name, result.describe())
+
+    def _helper_log(self, vm: str, name: str) -> int:
+        """A helper's output goes into a capped log of its VM (``host/logpump.py``)."""
+        group = self.group if self.paths.mode is Mode.SYSTEM else None
+        return resources.pumped_log(self.paths.vm_log_dir(vm), name, group)
 
     def _jail(self, rvm: ResolvedVm) -> VmmJail:
         """The VMM's own uid and gid (``host/ids.py``); in user mode, vmsilod's user."""

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from vmsilo.errors import UserError
-from vmsilo.host import safefs
+from vmsilo.host import logpump, safefs
 from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.spec import LaunchSpec, OverlayKind, spec_to_json
 
@@ -87,6 +87,22 @@ def open_log(logs: Dir, name: str, group: int | None, *, rotate: bool = False) -
         os.fchown(fd, 0, group)
         os.fchmod(fd, LOG_FILE_MODE)
     return fd
+
+
+def pumped_log(log_dir: Path, name: str, group: int | None) -> int:
+    """A writable descriptor for a child's output into the capped log ``name`` of
+    ``log_dir`` (``host/logpump.py``; the previous one kept as ``<name>.1``). The caller
+    closes it once the child holds its copy; the pump ends when the child's copies close."""
+    with Dir.reclaimed(log_dir, mode=LOG_DIR_MODE) as logs:
+        if group is not None and os.geteuid() == 0:
+            os.fchown(logs.fd, 0, group)
+            os.fchmod(logs.fd, LOG_DIR_MODE)
+        pump = logpump.start(logs, [name], rotate_at_start=True, mode=LOG_FILE_MODE,
+                             group=group)
+    try:
+        return os.dup(pump.fd(name))
+    finally:
+        pump.close_write_ends()
 
 
 def acquire_overlay(spec: LaunchSpec) -> None:

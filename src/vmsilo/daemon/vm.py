@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -339,11 +338,8 @@ class VmController:
     def _open_log(self, name: str) -> int:
         """A writable descriptor for a child's output to log ``name`` (the child's starter
         closes it once the child holds it)."""
-        pump = self._start_logs([name])
-        try:
-            return os.dup(pump.fd(name))
-        finally:
-            pump.close_write_ends()
+        assert self.spec is not None
+        return resources.pumped_log(self.spec.layout.log_dir, name, self.log_group)
 
     async def _acquire_shares(self, spec: LaunchSpec) -> Undo | None:
         if self.shares is None or not spec.shares:
