@@ -1,6 +1,7 @@
 """``vmsilo desktop install``: put every VM's applications in the desktop user's menu, one
-folder per VM (see ``vmsilo.desktop.install``). Run as root it writes into the configured
-user's home (files owned by that user); run as a user, into one's own."""
+folder per VM (see ``vmsilo.desktop.install``). Run as root, the files are written by a child
+that has dropped to the home's owner (``vmsilo.desktop.write_menu``): root never writes into a
+user's home itself; run as a user, into one's own."""
 
 from __future__ import annotations
 
