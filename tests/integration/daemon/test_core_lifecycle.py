@@ -27,6 +27,9 @@ from vmsilo.hypervisor.spec import FsShare, LaunchSpec, spec_from_json
 from vmsilo.protocol.exec import ExecRequest, ExitStatus
 from vmsilo.testing.fake_vmm import Faults
 
+# A hang is a failure with a traceback, not a stuck suite.
+pytestmark = pytest.mark.timeout(60)
+
 
 async def run(vm: VmController, *argv: str) -> tuple[ExitStatus, bytes]:
     out = bytearray()

@@ -32,6 +32,9 @@ from vmsilo.host import proc
 from vmsilo.host.procid import ProcessIdentity
 from vmsilo.protocol.exec import ExecRequest, ExitStatus
 
+# A hang is a failure with a traceback, not a stuck suite.
+pytestmark = pytest.mark.timeout(60)
+
 
 async def until(condition: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout

@@ -18,6 +18,9 @@ from vmsilo.errors import UserError
 from vmsilo.protocol.exec import EXEC_PORT, ExecRequest, ExitStatus
 from vmsilo.testing.fake_vmm import Faults
 
+# A hang is a failure with a traceback, not a stuck suite.
+pytestmark = pytest.mark.timeout(60)
+
 VM = 'sharedHome = false\ngpu = false\nrootOverlay.size = "64M"\n'
 
 
