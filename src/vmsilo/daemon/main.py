@@ -184,7 +184,7 @@ class Daemon:
         """The VMM's own uid and gid (``host/ids.py``); in user mode, vmsilod's user."""
         if self.paths.mode is Mode.USER:
             return VmmJail(None, None)
-        return VmmJail(ids.vmm_id(rvm.cid), ids.vmm_id(rvm.cid))
+        return VmmJail(ids.vmm_id(rvm.cid), ids.vmm_id(rvm.cid), desktop=self.owner)
 
     def _expected_paths(self, name: str) -> ExpectedPaths:
         return ExpectedPaths(self.paths.vm_log_dir(name), self.paths.overlay_disk(name))

@@ -57,6 +57,9 @@ class Sandbox:
     ro_binds: tuple[Path, ...] = ()  # shown read-only at the same path
     rw_binds: tuple[Path, ...] = ()  # shown writable at the same path
     dev_binds: tuple[Path, ...] = ()  # device nodes (e.g. /dev/kvm)
+    # (descriptor, where): what an open descriptor names, read-only — a file the caller
+    # opened safely, shown without bubblewrap (root) ever looking its path up
+    fd_binds: tuple[tuple[int, Path], ...] = ()
     tmpfs: tuple[Path, ...] = (Path("/tmp"),)
     env: dict[str, str] = field(default_factory=dict)  # the whole environment inside
     share_net: bool = False  # keep the host's network namespace (default: an empty one)
@@ -89,7 +92,7 @@ class Sandbox:
         # command could not reach what is bound below them.
         made: set[Path] = set()
         for path in (*map(Path, SYSTEM_FILES), *self.ro_binds, *self.rw_binds,
-                     *self.dev_binds):
+                     *self.dev_binds, *(dest for _, dest in self.fd_binds)):
             for parent in reversed(path.parents):
                 if parent != Path("/") and parent not in made and str(parent) not in (
                         "/dev", "/proc", "/usr"):
@@ -104,6 +107,8 @@ class Sandbox:
             argv += ["--bind", str(path), str(path)]
         for path in self.dev_binds:
             argv += ["--dev-bind", str(path), str(path)]
+        for fd, dest in self.fd_binds:
+            argv += ["--ro-bind-fd", str(fd), str(dest)]
         for key, value in sorted(self.env.items()):
             argv += ["--setenv", key, value]
         argv += ["--chdir", str(self.chdir)]

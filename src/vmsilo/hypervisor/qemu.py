@@ -30,6 +30,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from vmsilo.host import proc
+from vmsilo.host.openas import open_for_vmm
 from vmsilo.host.safefs import Dir
 from vmsilo.host.sandbox import INSTALL_BWRAP, Limits, Sandbox, read_child_pid
 from vmsilo.hypervisor.accel import Accelerator, choose_accelerator
@@ -49,6 +50,10 @@ NOFILE_LIMIT = 8192
 # which needs no lock); a passed-through PCI device pins all guest RAM, plus room for the rest.
 MEMLOCK_BASE = 64 * 1024
 MEMLOCK_PCI_EXTRA = 256 * 1024 * 1024
+# Where the jail shows the kernel and initramfs vmsilod opened (QEMU reads them with fopen(),
+# so they must be paths: bound from descriptors, never looked up by path as root).
+JAIL_KERNEL = Path("/vmsilo/vmlinuz")
+JAIL_INITRD = Path("/vmsilo/initrd.img")
 
 
 @dataclass
@@ -65,10 +70,13 @@ class LaunchFds:
     vhost_net: dict[str, int] = field(default_factory=dict)
     shares: tuple[int, ...] = ()  # connected virtiofsd sockets, in spec.shares order
     vsock: int | None = None
+    kernel: int | None = None  # shown in the jail at JAIL_KERNEL (None: spec.kernel's path)
+    initrd: int | None = None  # shown at JAIL_INITRD
 
     def all(self) -> list[int]:
         fds = [self.qmp, self.balloon, self.console, self.console_log]
-        fds += [fd for fd in (self.channel, self.vsock) if fd is not None]
+        fds += [fd for fd in (self.channel, self.vsock, self.kernel, self.initrd)
+                if fd is not None]
         for group in self.drives.values():
             fds += group
         return [*fds, *self.taps.values(), *self.vhost_net.values(), *self.shares]
@@ -140,11 +148,11 @@ def build_command(spec: LaunchSpec, accel: Accelerator, fds: LaunchFds,
         "-m", f"{spec.memory_mb}M",
         *memory,
         "-smp", str(spec.cpus),
-        "-kernel", str(spec.kernel),
+        "-kernel", str(JAIL_KERNEL if fds.kernel is not None else spec.kernel),
         "-append", spec.kernel_cmdline(accel.kernel_params),
     ]  # fmt: skip
     if spec.initrd is not None:
-        argv += ["-initrd", str(spec.initrd)]
+        argv += ["-initrd", str(JAIL_INITRD if fds.initrd is not None else spec.initrd)]
     for drive_id, disk in drive_ids(spec):
         argv += _drive_args(disk, drive_id, fdsets.add(fds.drives[drive_id]))
     # The serial console: a socket vm-shell can attach to, and a log of everything it printed,
@@ -193,38 +201,56 @@ def build_command(spec: LaunchSpec, accel: Accelerator, fds: LaunchFds,
 
 @dataclass(frozen=True)
 class VmmJail:
-    """Whom the VMM runs as. ``uid``/``gid`` None: vmsilod's own (user mode, no root)."""
+    """Whom the VMM runs as. ``uid``/``gid`` None: vmsilod's own (user mode, no root).
+    ``desktop``: the desktop user (uid, gid), as whom paths the config names are opened
+    where root alone does not control them (``host/openas.py``)."""
 
     uid: int | None
     gid: int | None
+    desktop: tuple[int, int] | None = None
 
-    def sandbox(self, spec: LaunchSpec, accel: Accelerator) -> Sandbox:
-        ro = [spec.kernel] + ([spec.initrd] if spec.initrd is not None else [])
+    def sandbox(self, spec: LaunchSpec, accel: Accelerator,
+                fds: LaunchFds | None = None) -> Sandbox:
+        ro: list[Path] = []
+        shown: list[tuple[int, Path]] = []
+        if fds is not None and fds.kernel is not None:
+            shown.append((fds.kernel, JAIL_KERNEL))
+        else:
+            ro.append(spec.kernel)
+        if fds is not None and fds.initrd is not None:
+            shown.append((fds.initrd, JAIL_INITRD))
+        elif spec.initrd is not None:
+            ro.append(spec.initrd)
         devices = [Path("/dev/kvm")] if accel.name == "kvm" else []
         memlock = MEMLOCK_BASE
         if spec.pci_devices:
             devices.append(Path("/dev/vfio"))
             ro.append(Path("/sys"))
             memlock += spec.memory_mb * 1024 * 1024 + MEMLOCK_PCI_EXTRA
-        return Sandbox(uid=self.uid, gid=self.gid, ro_binds=tuple(ro),
+        return Sandbox(uid=self.uid, gid=self.gid, ro_binds=tuple(ro), fd_binds=tuple(shown),
                        dev_binds=tuple(devices), limits=Limits(nofile=NOFILE_LIMIT,
                                                                memlock=memlock))
 
 
-def _open_drive(disk: DiskSpec, ours: bool) -> tuple[int, ...]:
+def _open_drive(disk: DiskSpec, ours: bool, desktop: tuple[int, int] | None,
+                what: str) -> tuple[int, ...]:
     """The drive's fdset: read-only, plus read-write unless the drive is read-only (QEMU
-    picks the one whose access mode it asks for). Our own files (the overlay) are never
-    opened through a link."""
-    flags = os.O_CLOEXEC | (os.O_NOFOLLOW if ours else 0)
-    if disk.direct:
-        flags |= os.O_DIRECT
-    fds = [os.open(disk.path, os.O_RDONLY | flags)]
-    if not disk.readonly:
-        try:
-            fds.append(os.open(disk.path, os.O_RDWR | flags))
-        except BaseException:
-            os.close(fds[0])
-            raise
+    picks the one whose access mode it asks for). Our own file (the overlay, in root's state
+    directory) is opened without following a link; a path from the config as
+    ``host/openas.py`` says (by root only where root alone controls the path)."""
+    extra = os.O_DIRECT if disk.direct else 0
+    modes = [os.O_RDONLY] + ([] if disk.readonly else [os.O_RDWR])
+    fds: list[int] = []
+    try:
+        for mode in modes:
+            if ours:
+                fds.append(os.open(disk.path, mode | extra | os.O_NOFOLLOW | os.O_CLOEXEC))
+            else:
+                fds.append(open_for_vmm(disk.path, mode | extra, desktop, what))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     return tuple(fds)
 
 
@@ -257,7 +283,7 @@ class QemuBackend(Backend):
         return self._accel
 
     def _open_fds(self, spec: LaunchSpec, runtime: Dir, console_log: int,
-                  stack: contextlib.ExitStack) -> LaunchFds:
+                  desktop: tuple[int, int] | None, stack: contextlib.ExitStack) -> LaunchFds:
         layout = spec.layout
 
         def listen(path: Path) -> int:
@@ -275,12 +301,18 @@ class QemuBackend(Backend):
             channel=None if spec.use_vsock else listen(layout.channel_socket),
             console_log=console_log)
         for drive_id, disk in drive_ids(spec):
+            what = f"VM {spec.name}: disk {drive_id}"
             try:
-                fds.drives[drive_id] = tuple(
-                    keep(fd) for fd in _open_drive(disk, ours=drive_id == "overlay"))
+                fds.drives[drive_id] = tuple(keep(fd) for fd in _open_drive(
+                    disk, drive_id == "overlay", desktop, what))
             except OSError as exc:
                 raise VmmLaunchError(spec.name, f"cannot open its disk {disk.path}: "
                                      f"{exc.strerror}", [], layout.vmm_log) from exc
+        fds.kernel = keep(open_for_vmm(spec.kernel, os.O_RDONLY, desktop,
+                                       f"VM {spec.name}: kernel"))
+        if spec.initrd is not None:
+            fds.initrd = keep(open_for_vmm(spec.initrd, os.O_RDONLY, desktop,
+                                           f"VM {spec.name}: initramfs"))
         if spec.use_vsock:
             try:
                 fds.vsock = keep(os.open(VHOST_VSOCK_DEVICE, os.O_RDWR | os.O_CLOEXEC))
@@ -319,11 +351,11 @@ class QemuBackend(Backend):
                     f"{package}){'; ' + INSTALL_BWRAP if tool == 'bwrap' else ''}",
                     [tool], spec.layout.vmm_log)
         with contextlib.ExitStack() as stack:
-            fds = self._open_fds(spec, runtime, console_log, stack)
+            fds = self._open_fds(spec, runtime, console_log, jail.desktop, stack)
             command = build_command(spec, self.accel, fds, self.qemu)
             info_read, info_write = os.pipe2(os.O_CLOEXEC)
             stack.callback(_close_quietly, info_write)
-            argv = jail.sandbox(spec, self.accel).argv(command, info_fd=info_write)
+            argv = jail.sandbox(spec, self.accel, fds).argv(command, info_fd=info_write)
             monitor = proc.spawn(argv, stdout=vmm_log, stderr=vmm_log,
                                  pass_fds=[*fds.all(), info_write])
             os.close(info_write)

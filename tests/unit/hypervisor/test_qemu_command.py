@@ -244,3 +244,19 @@ def test_passthrough_locks_guest_memory_and_sees_vfio() -> None:
     assert Path("/dev/vfio") in sandbox.dev_binds and Path("/sys") in sandbox.ro_binds
     assert sandbox.limits.memlock == (qemu_module.MEMLOCK_BASE + (2048 << 20)
                                       + qemu_module.MEMLOCK_PCI_EXTRA)
+
+
+def test_kernel_and_initramfs_are_shown_from_descriptors_at_fixed_places() -> None:
+    spec = make_spec()
+    fds = fds_for(spec)
+    fds.kernel, fds.initrd = 90, 91
+    argv = qemu_module.build_command(spec, TCG, fds)
+    assert option_values(argv, "-kernel") == [str(qemu_module.JAIL_KERNEL)]
+    assert option_values(argv, "-initrd") == [str(qemu_module.JAIL_INITRD)]
+    assert "/img/" not in " ".join(argv)
+    sandbox = VmmJail(1, 1).sandbox(spec, TCG, fds)
+    assert sandbox.ro_binds == ()
+    assert sandbox.fd_binds == ((90, qemu_module.JAIL_KERNEL), (91, qemu_module.JAIL_INITRD))
+    bwrap = sandbox.argv(["qemu"])
+    assert bwrap[bwrap.index("--ro-bind-fd"):][:3] == ["--ro-bind-fd", "90", "/vmsilo/vmlinuz"]
+    assert {90, 91} <= set(fds.all())
