@@ -99,10 +99,10 @@ class RunningDaemon:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _stop_balloond(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.root / "run" / "balloond.pid").read_text())
-            if b"vmsilo.balloon.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGTERM)
+        from vmsilo.daemon import balloond
+        from vmsilo.host.paths import Mode, Paths
+
+        balloond.stop(Paths.under(self.root, Mode.SYSTEM))
 
     def _kill_leftover_vmms(self) -> None:
         import json

@@ -249,7 +249,14 @@ def run(config_path: Path | None, paths: Paths | None = None) -> int:
     timeouts = Timeouts()
     if os.environ.get("VMSILO_AGENT_TIMEOUT"):  # slow hosts, and tests of a silent agent
         timeouts = Timeouts(agent_hello=float(os.environ["VMSILO_AGENT_TIMEOUT"]))
+    if config_path is None and os.environ.get("VMSILO_CONFIG"):
+        config_path = Path(os.environ["VMSILO_CONFIG"])
+    if config_path is not None:
+        config_path = Path(os.path.abspath(config_path))  # reloads read it after the chdir
     daemon = Daemon(config_path, paths or Paths.for_mode(), timeouts)
+    # Root's children run Python modules (log pumps, virtiofsd's launcher, balloond), which
+    # look in the working directory first: never one someone else could have written to.
+    os.chdir("/")
 
     async def main() -> None:
         stop = asyncio.Event()

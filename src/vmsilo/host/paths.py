@@ -45,14 +45,14 @@ class Paths:
         paths = cls._for_mode(mode or default_mode())
         images = os.environ.get("VMSILO_IMAGE_DIR")
         if images:
-            paths = dataclasses.replace(paths, image_dir=Path(images))
+            paths = dataclasses.replace(paths, image_dir=Path(os.path.abspath(images)))
         return paths
 
     @classmethod
     def _for_mode(cls, mode: Mode) -> Paths:
         override = os.environ.get("VMSILO_ROOT")
         if override:
-            return cls.under(Path(override), mode)
+            return cls.under(Path(os.path.abspath(override)), mode)
         if mode is Mode.SYSTEM:
             return cls(
                 mode=mode,

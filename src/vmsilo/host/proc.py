@@ -143,10 +143,13 @@ def spawn(
     user: int | None = None,
     group: int | None = None,
     extra_groups: Sequence[int] | None = None,
+    cwd: Path | str = "/",
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child. By default in its own session, so that it outlives a
     restart of the process that started it (vmsilod re-adopts its VMMs). ``user``/``group``
-    drop privileges before exec, so the child never runs with ours."""
+    drop privileges before exec, so the child never runs with ours. It starts in ``/``: a
+    ``python -m`` child looks for modules in its working directory first, which must never
+    be one someone else can write."""
     argv = [str(a) for a in command]
     try:
         return subprocess.Popen(
@@ -160,6 +163,7 @@ def spawn(
             user=user,
             group=group,
             extra_groups=extra_groups,
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise ProcessError(argv, None, reason=f"command not found ({exc.filename})") from exc
