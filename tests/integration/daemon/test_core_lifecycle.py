@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_core import ROOT, Core, RecordingHelper, alive, runtime_files
+from tests.support.fake_core import (
+    ROOT,
+    Core,
+    RecordingHelper,
+    SignalSpy,
+    alive,
+    runtime_files,
+)
 from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.vm import VmController
 from vmsilo.errors import UserError
@@ -105,6 +112,16 @@ async def test_start_leaves_root_owned_state_and_a_working_agent_then_stop_power
     assert (logs / "console.log").exists()  # logs outlive the VM
 
 
+async def test_stop_waits_for_a_guest_that_takes_its_time_to_power_off(core: Core) -> None:
+    core.backend.default = Faults(poweroff_delay=0.4)
+    vm = core.vm()
+    await vm.start()
+    began = time.monotonic()
+    assert await vm.stop() == "guest powered off"
+    assert time.monotonic() - began >= 0.4
+    assert_rolled_back(core)
+
+
 async def test_stop_quits_the_vmm_when_the_guest_ignores_poweroff(core: Core) -> None:
     core.timeouts = dataclasses.replace(core.timeouts, agent_poweroff=0.3, vmm_powerdown=0.3)
     core.backend.default = Faults(ignore_poweroff=True)
@@ -116,13 +133,18 @@ async def test_stop_quits_the_vmm_when_the_guest_ignores_poweroff(core: Core) ->
     assert_rolled_back(core)
 
 
-async def test_stop_kills_a_vmm_that_ignores_quit_too(core: Core) -> None:
+async def test_stop_kills_a_vmm_that_ignores_quit_too(core: Core,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     core.timeouts = dataclasses.replace(core.timeouts, agent_poweroff=0.3, vmm_powerdown=0.3,
                                         vmm_quit=0.3)
     core.backend.default = Faults(ignore_poweroff=True, ignore_quit=True)
     vm = core.vm()
     await vm.start()
+    assert vm.vmm is not None
+    pid = vm.vmm.pid
+    spy = SignalSpy().install(monkeypatch)
     assert await vm.stop() == "VMM killed"
+    assert spy.sent == [("pidfd", pid, signal.SIGKILL)]  # through the pidfd, never by number
     assert vm.state is Runstate.STOPPED
     assert core.backend.processes[0].returncode == -signal.SIGKILL
     assert_rolled_back(core)
