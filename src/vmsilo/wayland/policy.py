@@ -15,7 +15,8 @@ carries pixels in shared memory, and importing guest-made GPU buffers is a drive
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from vmsilo.protocol.text import clean_display_text
 
 # interface -> highest version offered (as of the protocols this was written against).
 ALLOWED_GLOBALS: dict[str, int] = {
@@ -52,16 +53,7 @@ ALLOWED_GLOBALS: dict[str, int] = {
 MAX_TITLE_BYTES = 1024
 MAX_APP_ID_BYTES = 255
 
-# Bidirectional controls could make a title render in a misleading order; control characters
-# could break it over lines. Both become spaces.
-_BIDI = {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)),
-         *map(chr, range(0x2066, 0x206A))}
 _APP_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def _clean(text: str) -> str:
-    return "".join(" " if unicodedata.category(ch) == "Cc" or ch in _BIDI
-                   or "\ud800" <= ch <= "\udfff" else ch for ch in text)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -73,20 +65,26 @@ def _truncate(text: str, limit: int) -> str:
 
 def window_title(vm: str, untrusted_title: str | None) -> str:
     """``[vm] title``, always: a title that already starts with some ``[name]`` keeps it after
-    ours, so the true VM is the first thing shown."""
+    ours, so the true VM is the first thing shown. The title is cleaned to one visible line
+    (``clean_display_text``: no line breaks, bidi or other invisible format characters) and
+    the whole cut to ``MAX_TITLE_BYTES`` of UTF-8."""
     prefix = f"[{vm}]"
-    if not untrusted_title:
+    title = clean_display_text(untrusted_title or "", max_len=MAX_TITLE_BYTES)
+    if not title:
         return prefix
-    return _truncate(f"{prefix} {_clean(untrusted_title)}", MAX_TITLE_BYTES)
+    return _truncate(f"{prefix} {title}", MAX_TITLE_BYTES)
 
 
 def app_id(vm: str, untrusted_app_id: str | None) -> str:
     """``vmsilo-<vm>-<app id>``: the name vmsilo's menu entries have, so a taskbar finds the
-    entry (and icon) of the VM's program, and no VM can pose as a host application."""
+    entry (and icon) of the VM's program, and no VM can pose as a host application. The guest's
+    part is cleaned like any displayed string (``clean_display_text``: invisible characters
+    go, they do not become ``_``) and then kept to ``[A-Za-z0-9._-]``."""
     base = f"vmsilo-{_APP_ID_UNSAFE.sub('_', vm)}"
-    if not untrusted_app_id:
+    cleaned = clean_display_text(untrusted_app_id or "", max_len=MAX_APP_ID_BYTES)
+    if not cleaned:
         return base
-    return _truncate(f"{base}-{_APP_ID_UNSAFE.sub('_', untrusted_app_id)}", MAX_APP_ID_BYTES)
+    return _truncate(f"{base}-{_APP_ID_UNSAFE.sub('_', cleaned)}", MAX_APP_ID_BYTES)
 
 
 def security_context_app_id(vm: str, rgb: tuple[int, int, int]) -> str:
