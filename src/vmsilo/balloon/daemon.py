@@ -143,24 +143,26 @@ class Balloond:
             log.warning("%s", exc)
             return
         state = self.stall.observe(vm.name, stats.last_update if stats else None, now)
+        observation = (None if stats is None else Observation(
+            actual, stats.free, stats.caches, stats.total, host.available, stats.available))
         row: dict[str, Any] = {
             "actual": actual,
             "target": actual,
-            "guestAvailable": (stats.free + stats.caches) if stats else None,
+            # What the policy counts: the guest's MemAvailable (never free + caches, which
+            # counts tmpfs and shmem).
+            "guestAvailable": observation.guest_available if observation else None,
             "guestTotal": stats.total if stats else None,
             "floor": vm.policy.learned_floor,
             "state": state.freshness.value,
         }
-        if stats is None:
+        if observation is None:
             row["reason"] = "no guest stats yet"
         elif state.freshness is not Freshness.FRESH:
             row["reason"] = f"left alone: {state.describe()}"
             if state.freshness is Freshness.STALLED:
                 log.warning("VM %s: guest stats stalled (%s)", vm.name, state.describe())
         else:
-            decision = vm.policy.decide(
-                Observation(actual, stats.free, stats.caches, stats.total, host.available)
-            )
+            decision = vm.policy.decide(observation)
             target = next_target(actual, decision.delta)
             row.update(
                 target=target,

@@ -6,9 +6,19 @@ numbers into a ``Decision``: a signed delta in bytes (positive inflates the ball
 memory from the guest and giving it to the host) and a short reason for ``vmsilo balloon
 status``. No I/O, no clock: the daemon and the simulator feed it, tests replay traces through it.
 
-vmsilo's difference from ChromeOS: ``criticalGuestAvailable`` is a hard floor. The learned floor
-(which starts at ChromeOS's 400 MiB and only ratchets down) never goes below it, and no
-inflation ever leaves the guest with less available memory than it.
+vmsilo's differences from ChromeOS: ``criticalGuestAvailable`` is a hard floor. The learned
+floor (which starts at ChromeOS's 400 MiB and only ratchets down) never goes below it, and no
+inflation ever leaves the guest below its learned floor: ChromeOS lets inflation cut 10 MiB
+(its MAX_CRITICAL_DELTA) into the guest's critical margin; here a guest at its floor is never
+inflated, whatever the host needs (the host's own pressure is for the host's OOM handling, not
+for the balloon to push onto a guest that has nothing to give).
+
+What the guest has available is the guest kernel's own ``MemAvailable`` (virtio-balloon's
+``VIRTIO_BALLOON_S_AVAIL``, QEMU's ``stat-available-memory``, the stat every Linux guest since
+4.6 sends). It is never ``free + caches``: the balloon's "disk caches" stat is the guest's
+``NR_FILE_PAGES``, which counts shmem and tmpfs pages that the guest cannot drop; a guest with
+150 MiB free, 100 MiB of clean cache and 1.7 GiB in tmpfs has about 250 MiB available, not
+1.95 GiB. A guest that does not report MemAvailable is credited with its free memory only.
 """
 
 from __future__ import annotations
@@ -31,17 +41,25 @@ NEAR_CRITICAL = 1 * MIB
 @dataclass(frozen=True)
 class Observation:
     """One tick's numbers for one VM, all in bytes. ``balloon_actual`` is the balloon's size
-    (memory taken from the guest), not QEMU's logical guest size."""
+    (memory taken from the guest), not QEMU's logical guest size. ``guest_mem_available`` is
+    the guest's own MemAvailable, None when the guest does not report it. ``guest_cached`` (the
+    guest's file pages, shmem and tmpfs included) is carried for display only: the policy
+    never counts it as available."""
 
     balloon_actual: int
     guest_free: int
     guest_cached: int
     guest_total: int
     host_available: int
+    guest_mem_available: int | None = None
 
     @property
     def guest_available(self) -> int:
-        return self.guest_free + self.guest_cached
+        """What the guest could hand over without swapping or killing: its MemAvailable, else
+        its free memory (never its caches, which may be tmpfs)."""
+        if self.guest_mem_available is not None:
+            return self.guest_mem_available
+        return self.guest_free
 
 
 @dataclass(frozen=True)
@@ -115,7 +133,9 @@ class BalloonPolicy:
         high = guest_available - self.learned_floor + CRITICAL_SLACK
         capped = min(max(raw, low), high)  # when the caps cross, protecting the guest wins
         if capped > 0:
-            capped = min(capped, max(0, guest_available - self.hard_floor))
+            # Never inflate into the guest's floor: ChromeOS's high cap allows CRITICAL_SLACK
+            # past it, and a guest at its floor would give up 10 MiB a tick for ever.
+            capped = min(capped, max(0, guest_available - self.learned_floor))
 
         learned = (f"; learned floor {_mib(floor_before)} -> {_mib(self.learned_floor)}"
                    if self.learned_floor != floor_before else "")

@@ -2,8 +2,9 @@
 
 Used by the trace tests and by ``bench/balloon_settle.py``. The model is deliberately simple
 and says so: a guest's RAM minus its balloon is what it can use; its workload holds ``demand``
-bytes; page cache fills what is left up to ``cache_want``; a balloon cannot take memory the
-workload holds (deflate-on-oom). Every guest page not in the balloon is resident on the host.
+bytes and its tmpfs ``shmem`` bytes (reported among the caches, never available); page cache
+fills what is left up to ``cache_want``; a balloon cannot take memory the workload or tmpfs
+holds (deflate-on-oom). Every guest page not in the balloon is resident on the host.
 The daemon's per-tick order is reproduced exactly: one host snapshot, then each VM in turn
 (stall check, decision, resize), as ``vmsilo-balloond`` does.
 """
@@ -29,6 +30,9 @@ class GuestModel:
     # How far the guest moves its balloon per tick (None: all the way), to model slow guests.
     balloon_rate: int | None = None
     stats_frozen: bool = False  # the guest's stats stop updating (a stalled guest)
+    # Bytes held in tmpfs/shmem: the guest cannot drop them (like ``demand``), yet its balloon
+    # stats report them among the "disk caches".
+    shmem: int = 0
     _frozen_stats: Observation | None = field(default=None, repr=False)
 
     @property
@@ -37,18 +41,25 @@ class GuestModel:
 
     @property
     def available(self) -> int:
-        return max(0, self.usable - self.demand)
+        """The guest's MemAvailable: free memory plus the clean cache it can drop."""
+        return max(0, self.usable - self.held)
+
+    @property
+    def held(self) -> int:
+        """Memory the guest cannot give up: its workload and its tmpfs."""
+        return self.demand + self.shmem
 
     @property
     def cached(self) -> int:
-        return min(self.cache_want, self.available)
+        """The "disk caches" stat: clean page cache and shmem together, as Linux reports it."""
+        return min(self.cache_want, self.available) + min(self.shmem, self.usable)
 
     @property
     def free(self) -> int:
-        return self.available - self.cached
+        return self.available - min(self.cache_want, self.available)
 
     def move_balloon_towards(self, target: int) -> None:
-        reachable = min(target, max(0, self.total - self.demand))  # cannot take held memory
+        reachable = min(target, max(0, self.total - self.held))  # cannot take held memory
         step = reachable - self.balloon
         if self.balloon_rate is not None:
             step = max(-self.balloon_rate, min(self.balloon_rate, step))
@@ -112,14 +123,15 @@ class Simulation:
 
     def _observe(self, guest: GuestModel, host_available: int) -> tuple[Observation, float]:
         fresh = Observation(guest.balloon, guest.free, guest.cached, guest.total,
-                            host_available)
+                            host_available, guest.available)
         if guest.stats_frozen:
             if guest._frozen_stats is None:
                 guest._frozen_stats = fresh
             stale = guest._frozen_stats
             # The VMM still reports the live balloon size and host numbers are ours.
             return (Observation(guest.balloon, stale.guest_free, stale.guest_cached,
-                                stale.guest_total, host_available), -1.0)
+                                stale.guest_total, host_available, stale.guest_mem_available),
+                    -1.0)
         guest._frozen_stats = None
         return fresh, self.seconds
 
@@ -161,12 +173,12 @@ class Simulation:
 
         def balloon_for(guest: GuestModel, host_above: float) -> int:
             policy = self.policies[guest.name]
-            top = max(0, guest.total - guest.demand)
+            top = max(0, guest.total - guest.held)
             max_actual = max(policy.max_balloon_actual, guest.total * 3 // 4)
 
             def guest_above(balloon: int) -> float:
                 bias = policy.guest_available_bias * min(balloon / max_actual, 1.0)
-                available = max(0, guest.total - balloon - guest.demand)
+                available = max(0, guest.total - balloon - guest.held)
                 return available - policy.learned_floor - bias
 
             lo, hi = 0, top  # guest_above falls as the balloon grows

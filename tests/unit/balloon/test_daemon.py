@@ -20,11 +20,13 @@ GIB = 1 << 30
 
 
 class ModelDriver(BalloonDriver):
-    """A driver whose VM is a ``GuestModel``; ``fail`` makes its next calls raise."""
+    """A driver whose VM is a ``GuestModel``; ``fail`` makes its next calls raise.
+    ``reports_available`` False stands for a guest without the MemAvailable stat."""
 
     def __init__(self, vm: str, guest: GuestModel) -> None:
         super().__init__(vm)
         self.guest = guest
+        self.reports_available = True
         self.stamp = 0.0
         self.frozen = False
         self.fail: DriverError | None = None
@@ -41,7 +43,8 @@ class ModelDriver(BalloonDriver):
         if not self.frozen:
             self.stamp += 1
         g = self.guest
-        return GuestStats(None, g.free, g.total, g.cached, self.stamp)
+        return GuestStats(g.available if self.reports_available else None, g.free, g.total,
+                          g.cached, self.stamp)
 
     async def actual(self) -> int:
         return self.guest.balloon
@@ -100,6 +103,31 @@ def test_an_idle_guest_gives_memory_to_a_tight_host(
     row = status["vms"]["a"]
     assert row["actual"] == guest.balloon and row["state"] == "fresh"
     assert status["host"]["available"] == 400 * MIB and status["ticks"] == 30
+
+
+@pytest.mark.parametrize("reports_available", [True, False])
+def test_a_guest_full_of_tmpfs_is_not_inflated(
+    setup: tuple[Balloond, dict[str, ModelDriver]], reports_available: bool,
+) -> None:
+    """Issue 15 (17) through the daemon: 150 MiB free, 100 MiB of clean cache, 1.7 GiB of
+    shmem, host tight. The guest's "disk caches" stat says 1.8 GiB; balloond goes by its
+    MemAvailable (250 MiB, under the floor) and takes nothing."""
+    daemon, drivers = setup
+    _vm_dir(daemon.run_dir, "a")
+    asyncio.run(daemon.tick())  # the driver is made on the first tick
+    guest = drivers["a"].guest
+    guest.balloon = 0  # the guest's workload now fills it: start again from an empty balloon
+    shmem = int(1.7 * GIB)
+    guest.demand = guest.total - 150 * MIB - 100 * MIB - shmem
+    guest.shmem, guest.cache_want = shmem, 100 * MIB
+    drivers["a"].reports_available = reports_available
+    assert (guest.free, guest.cached, guest.available) == (150 * MIB, 100 * MIB + shmem,
+                                                            250 * MIB)
+    for _ in range(5):
+        asyncio.run(daemon.tick())
+        row = json.loads(daemon.status_path.read_text())["vms"]["a"]
+        assert guest.balloon == 0, row
+        assert row["guestAvailable"] == (250 * MIB if reports_available else 150 * MIB)
 
 
 def test_a_stalled_guest_is_left_alone_and_reported(

@@ -143,3 +143,22 @@ def test_host_short_and_guests_at_their_floor_never_crosses_it() -> None:
     for r in records:
         assert r.guests["a"].guest_available >= SETTINGS.critical_guest_available
     assert_floor_respected(records)
+
+
+def test_a_guest_whose_caches_are_tmpfs_keeps_its_floor_under_a_starved_host() -> None:
+    """Issue 15 (17) over a trace: a guest holding 1.7 GiB of tmpfs reports it among its caches;
+    the host is below its critical line for the whole run. The balloon never takes the guest
+    below its floor, and the tmpfs guest gives less than a guest whose cache is clean."""
+    def run(shmem: int, cache: int) -> list[TickRecord]:
+        sim = Simulation(SETTINGS, host_total=8 * GIB, host_used=6 * GIB + 512 * MIB,
+                         guests=[GuestModel("a", 2200 * MIB, 200 * MIB, cache, shmem=shmem)])
+        return sim.run(40)
+
+    tmpfs = run(int(1.7 * GIB), 100 * MIB)
+    clean = run(0, 100 * MIB + int(1.7 * GIB))
+    assert_floor_respected(tmpfs)
+    for record in tmpfs:
+        g = record.guests["a"]
+        if g.decision is not None and g.decision.delta > 0:
+            assert g.guest_available - g.decision.delta >= g.decision.learned_floor
+    assert tmpfs[-1].guests["a"].balloon < clean[-1].guests["a"].balloon
