@@ -38,12 +38,15 @@ class Stages:
     undo_steps: list[tuple[str, Undo]] = field(default_factory=list)
 
     async def run(
-        self, name: str, action: Callable[[], Awaitable[Undo | None]], timeout: float
+        self, name: str, action: Callable[[], Awaitable[Undo | None]], timeout: float,
+        on_timeout: str | None = None,
     ) -> None:
+        """Run one stage, bounded by ``timeout`` seconds; ``on_timeout`` says what a timeout
+        means for this stage (default: that it did not finish in time)."""
         try:
             undo = await asyncio.wait_for(action(), timeout)
         except TimeoutError as exc:
-            raise StageError(name, f"did not finish within {timeout:g} s") from exc
+            raise StageError(name, on_timeout or f"did not finish within {timeout:g} s") from exc
         except StageError:
             raise
         except Exception as exc:

@@ -87,6 +87,7 @@ class Resource:
     timeout: float
     acquire: Callable[[LaunchSpec], Awaitable[Undo | None]]
     adopt: Callable[[LaunchSpec], Awaitable[Undo | None]]
+    on_timeout: str | None = None  # what a timeout of its start means, for the user
 
 
 class AdoptionRefused(Exception):  # noqa: N818 - the condition, not a bug
@@ -180,7 +181,9 @@ class VmController:
             Resource("root overlay", 30, self._acquire_overlay, self._adopt_overlay),
             Resource("shared folders", 120, self._acquire_shares, self._adopt_shares),
             Resource("VMM", t.vmm_start, self._launch, self._adopt_vmm),
-            Resource("agent", t.agent_hello, self._wait_for_agent, self._adopt_agent),
+            Resource("agent", t.agent_hello, self._wait_for_agent, self._adopt_agent,
+                     f"the guest agent did not say hello within {t.agent_hello:g} s; the "
+                     "kernel or init may have failed"),
             Resource("desktop helpers", 10, self._start_helpers, self._start_helpers),
         ]
 
@@ -215,7 +218,7 @@ class VmController:
                 spec = await self._stage_plan(stages)
                 for resource in self.resources():
                     await stages.run(resource.name, _bind(resource.acquire, spec),
-                                     resource.timeout)
+                                     resource.timeout, resource.on_timeout)
         except StageError as exc:
             self.vmm = None
             self.transport = None
@@ -366,18 +369,24 @@ class VmController:
 
     async def _launch(self, spec: LaunchSpec) -> Undo:
         assert self.runtime is not None
+        runtime = self.runtime
         pump = await asyncio.to_thread(self._start_logs, [CONSOLE_LOG, VMM_LOG])
+
+        def record(vmm: VmmProcess) -> None:
+            # As soon as the VMM exists: a vmsilod that dies during the rest of the start
+            # still knows it again (and can end it).
+            identities = _process_record(vmm)
+            if identities is not None:
+                runtime.write_atomic(resources.PROCESSES_FILE, json.dumps(identities))
+
         try:
-            self.vmm = await self.backend.launch(spec, runtime=self.runtime,
+            self.vmm = await self.backend.launch(spec, runtime=runtime,
                                                  console_log=pump.fd(CONSOLE_LOG),
                                                  vmm_log=pump.fd(VMM_LOG),
-                                                 jail=self.jail(self.resolved))
+                                                 jail=self.jail(self.resolved), on_spawn=record)
         finally:
             pump.close_write_ends()  # QEMU holds its own copies; the pump ends with them
         undo = self._undo_vmm(spec, self.vmm)
-        record = _process_record(self.vmm)
-        if record is not None:
-            self.runtime.write_atomic(resources.PROCESSES_FILE, json.dumps(record))
         if self.after_launch is not None:
             self.after_launch(self.vmm.pid, self.resolved)
         return undo
@@ -406,13 +415,9 @@ class VmController:
         died = asyncio.create_task(self.vmm.wait())
         try:
             done, _ = await asyncio.wait({hello, died}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the stage's timeout
+        except asyncio.CancelledError:  # the stage's timeout, or vmsilod abandoning the start
             await undo()
-            raise StageError(
-                "agent",
-                f"the guest agent did not say hello within {self.timeouts.agent_hello:g} s; "
-                "the kernel or init may have failed",
-            ) from None
+            raise
         finally:
             for task in (hello, died):
                 task.cancel()

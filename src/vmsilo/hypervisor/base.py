@@ -97,9 +97,11 @@ class Backend(ABC):
 
     @abstractmethod
     async def launch(self, spec: LaunchSpec, *, runtime: Any, console_log: int, vmm_log: int,
-                     jail: Any) -> VmmProcess:
+                     jail: Any, on_spawn: Any = None) -> VmmProcess:
         """Start the VMM jailed, with every host resource passed as a descriptor; return
-        once its control channel answers."""
+        once its control channel answers. ``on_spawn(vmm)`` is called as soon as the VMM
+        process exists. A launch that does not return (fails, or is cancelled) must end what
+        it started."""
 
     @abstractmethod
     async def request_shutdown(self, spec: LaunchSpec) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from vmsilo.host import proc
 from vmsilo.host.openas import open_for_vmm
 from vmsilo.host.safefs import Dir
 from vmsilo.host.sandbox import INSTALL_BWRAP, Limits, Sandbox, read_child_pid
+from vmsilo.hypervisor import qemuopt
 from vmsilo.hypervisor.accel import Accelerator, choose_accelerator
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import DiskSpec, LaunchSpec
@@ -105,7 +106,7 @@ def _drive_args(disk: DiskSpec, drive_id: str, path: str) -> list[str]:
         drive += ["discard=unmap", "detect-zeroes=unmap"]
     if disk.direct:
         drive.append("cache.direct=on")
-    device = ["virtio-blk-device", f"drive={drive_id}", f"serial={disk.serial}"]
+    device = ["virtio-blk-device", f"drive={drive_id}", f"serial={qemuopt.value(disk.serial)}"]
     if disk.block_size:
         size = disk.block_size
         device += [f"logical_block_size={size}", f"physical_block_size={size}"]
@@ -254,9 +255,21 @@ def _open_drive(disk: DiskSpec, ours: bool, desktop: tuple[int, int] | None,
     return tuple(fds)
 
 
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
+def _kill_uid(uid: int | None) -> None:
+    """SIGKILL every process running as ``uid`` — a VM's own VMM uid (``host/ids.py``), which
+    nothing but that VM's jail uses; None (user mode) kills nothing."""
+    if uid is None:
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            owner = entry.stat().st_uid
+        except OSError:
+            continue
+        if owner == uid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), 9)
 
 
 @contextlib.asynccontextmanager
@@ -343,7 +356,12 @@ class QemuBackend(Backend):
         return fds
 
     async def launch(self, spec: LaunchSpec, *, runtime: Dir, console_log: int,
-                     vmm_log: int, jail: VmmJail) -> VmmProcess:
+                     vmm_log: int, jail: VmmJail,
+                     on_spawn: Callable[[VmmProcess], None] | None = None) -> VmmProcess:
+        """Start QEMU in its jail; return once QMP answers. ``on_spawn`` is called as soon as
+        the VMM's pid is known (vmsilod records its identity then, so a vmsilod that dies
+        during the start still finds it). A launch that fails or is cancelled ends what it
+        started before the exception leaves."""
         for tool, package in ((self.qemu, "qemu-system-x86"), ("bwrap", "bubblewrap")):
             if shutil.which(tool) is None:
                 raise VmmLaunchError(
@@ -354,21 +372,38 @@ class QemuBackend(Backend):
             fds = self._open_fds(spec, runtime, console_log, jail.desktop, stack)
             command = build_command(spec, self.accel, fds, self.qemu)
             info_read, info_write = os.pipe2(os.O_CLOEXEC)
-            stack.callback(_close_quietly, info_write)
-            argv = jail.sandbox(spec, self.accel, fds).argv(command, info_fd=info_write)
-            monitor = proc.spawn(argv, stdout=vmm_log, stderr=vmm_log,
-                                 pass_fds=[*fds.all(), info_write])
-            os.close(info_write)
+            try:
+                argv = jail.sandbox(spec, self.accel, fds).argv(command, info_fd=info_write)
+                monitor = proc.spawn(argv, stdout=vmm_log, stderr=vmm_log,
+                                     pass_fds=[*fds.all(), info_write])
+            except BaseException:
+                os.close(info_read)
+                raise
+            finally:
+                os.close(info_write)
             try:
                 pid = await asyncio.to_thread(read_child_pid, info_read)
-            except OSError as exc:
-                monitor.kill()  # the jail may be stuck before its command; never wait on it
-                await asyncio.to_thread(monitor.wait)
-                raise VmmLaunchError(spec.name, f"did not start in its jail ({exc}; exit "
-                                     f"status {monitor.returncode})", argv,
-                                     spec.layout.vmm_log) from exc
-        vmm = VmmProcess(pid, monitor)
-        return await self._until_control_answers(spec, vmm, argv)
+                vmm = VmmProcess(pid, monitor)
+            except BaseException as exc:
+                # The jail may be stuck before its command, or we were cancelled: end it (and
+                # anything already running as the VM's uid), never wait on it.
+                monitor.kill()
+                _kill_uid(jail.uid)
+                await asyncio.shield(asyncio.to_thread(monitor.wait))
+                if isinstance(exc, OSError):
+                    raise VmmLaunchError(spec.name, f"did not start in its jail ({exc}; exit "
+                                         f"status {monitor.returncode})", argv,
+                                         spec.layout.vmm_log) from exc
+                raise
+        try:
+            if on_spawn is not None:
+                on_spawn(vmm)
+            return await self._until_control_answers(spec, vmm, argv)
+        except BaseException:
+            vmm.kill()
+            await asyncio.shield(vmm.wait(10))
+            vmm.close()
+            raise
 
     async def _until_control_answers(self, spec: LaunchSpec, vmm: VmmProcess,
                                      argv: list[str]) -> VmmProcess:

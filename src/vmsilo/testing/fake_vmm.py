@@ -118,7 +118,7 @@ class FakeBackend(Backend):
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     async def launch(self, spec: LaunchSpec, *, runtime: Any, console_log: int, vmm_log: int,
-                     jail: Any) -> VmmProcess:
+                     jail: Any, on_spawn: Any = None) -> VmmProcess:
         faults = self.faults.get(spec.name, self.default)
         self.launches.append(spec.name)
         self.jails[spec.name] = jail
@@ -140,6 +140,8 @@ class FakeBackend(Backend):
         self.processes.append(popen)
         vmm = VmmProcess(popen.pid, popen)
         try:
+            if on_spawn is not None:
+                on_spawn(vmm)
             await self._until_control_answers(spec, vmm, argv)
         except BaseException:
             # Cancelled (the stage's timeout, vmsilod exiting) or failed: the caller never
