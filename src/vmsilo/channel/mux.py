@@ -11,7 +11,14 @@ than that many unacknowledged bytes in flight, and the receiver returns credit a
 reads. So the reader loop never waits on a consumer: a stalled stream only stops its own
 sender, and each stream's buffer is bounded by its window. A frame that breaks the rules for
 one stream (data beyond credit, unknown stream, bad payload) resets that stream only; broken
-framing tears down the connection. Both are logged with the peer's (VM's) name.
+framing tears down the connection. Both are logged with the peer's (VM's) name; per-stream
+violations through a ``WarningLimiter``, so a peer sending garbage cannot flood the log.
+
+Control replies (RESET, REFUSE, HELLO, ACCEPT, CREDIT, EOF) are written without waiting, since
+the reader loop must never block; what they may leave queued toward a peer that does not read
+is capped (``MAX_QUEUED_CONTROL`` beyond what flow-controlled data accounts for). Past the cap
+the connection is dropped and the queue freed: a peer that sends cheap frames and never reads
+the answers costs a bounded amount of memory.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import collections
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from vmsilo.channel.stream import ChannelError, StreamRefusedError, StreamResetError
@@ -31,10 +39,54 @@ from vmsilo.protocol.mux import FrameType, Role
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+# Bytes of control replies that may wait in the write buffer toward a peer that is not reading,
+# on top of what data writers account for (see ``MuxConnection._queue_limit``): about 35,000
+# RESETs. An honest peer reads continuously, so its queue stays near empty.
+MAX_QUEUED_CONTROL = 1024 * 1024
+# The largest frame a data writer puts in the buffer before it waits for the buffer to drain.
+_MAX_DATA_FRAME = wire.HEADER_SIZE + wire.MAX_DATA
 
 StreamHandler = Callable[["MuxStream"], Awaitable[None]]
 # Called with the port of an incoming stream; returns its handler or raises StreamRefusedError.
 Acceptor = Callable[[int], Awaitable[StreamHandler]]
+
+
+class WarningLimiter:
+    """Log at most ``burst`` messages per ``period`` seconds for one peer; count the rest.
+
+    The first message allowed after some were dropped says how many; ``flush`` (at the end of
+    the connection) says so for any still unreported. ``clock`` is a monotonic clock in seconds,
+    injectable for tests.
+    """
+
+    def __init__(self, logger: logging.Logger, peer_name: str, *, burst: int = 10,
+                 period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._peer_name = peer_name
+        self._burst = burst
+        self._period = period
+        self._clock = clock
+        self._window_start = clock()
+        self._in_window = 0
+        self.suppressed = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Log ``"<peer>: " + message % args`` at ``level``, unless over the budget."""
+        now = self._clock()
+        if now - self._window_start >= self._period:
+            self._window_start, self._in_window = now, 0
+        if self._in_window >= self._burst:
+            self.suppressed += 1
+            return
+        self._in_window += 1
+        self.flush()
+        self._log.log(level, "%s: " + message, self._peer_name, *args)
+
+    def flush(self) -> None:
+        if self.suppressed:
+            self._log.warning("%s: %d similar messages suppressed (at most %d per %g s)",
+                              self._peer_name, self.suppressed, self._burst, self._period)
+            self.suppressed = 0
 
 
 class MuxStream:
@@ -223,6 +275,7 @@ class MuxConnection:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._violations = WarningLimiter(log, peer_name)
 
     # --- public ---
 
@@ -298,14 +351,17 @@ class MuxConnection:
             try:
                 self._dispatch(frame)
             except ProtocolError as exc:
-                self._stream_violation(frame.stream_id, str(exc))
+                # Never answer a RESET with a RESET: two ends doing so would bounce one frame
+                # for an unknown stream between them for ever.
+                self._stream_violation(frame.stream_id, str(exc),
+                                       reply=frame.type is not FrameType.RESET)
 
     def _on_hello(self, hello: wire.Hello) -> None:
         if hello.role is self.role:
             raise MuxConnectionError(f"peer claims our own role {hello.role.name}")
         restarted = self.established.is_set() and hello.session != self._peer_session
         if restarted:
-            log.info("%s: peer restarted (new HELLO); resetting all streams", self.peer_name)
+            self._violations.log(logging.INFO, "peer restarted (new HELLO); resetting all streams")
             self._reset_all("peer restarted")
             # A new peer numbers its streams from the start again.
             self._last_peer_id = 0 if self.role is Role.HOST else -1
@@ -313,7 +369,7 @@ class MuxConnection:
         self._peer_session = hello.session
         self.established.set()
         if not hello.reply and not duplicate:
-            self._send(wire.encode_hello(self.role, reply=True, session=self._session))
+            self._send_control(wire.encode_hello(self.role, reply=True, session=self._session))
 
     def _dispatch(self, frame: wire.Frame) -> None:
         wire.check_payload_size(frame)
@@ -352,6 +408,11 @@ class MuxConnection:
         if not self._is_peer_id(sid) or sid <= self._last_peer_id:
             raise ProtocolError("OPEN with a stream id the peer may not use")
         self._last_peer_id = sid
+        if self._acceptor is None:
+            # Refused at once: no stream object or task for a peer that may send millions.
+            self._send_control(wire.encode_reason(FrameType.REFUSE, sid,
+                                                  "this side accepts no streams"))
+            return
         stream = MuxStream(self, sid, untrusted_open.port, self._window, untrusted_open.window)
         self._streams[sid] = stream
         task = asyncio.create_task(self._serve_incoming(stream))
@@ -384,18 +445,17 @@ class MuxConnection:
         finally:
             await stream.close()
 
-    def _stream_violation(self, sid: int, reason: str) -> None:
-        log.warning(
-            "%s: protocol violation on mux stream %d: %s; resetting that stream",
-            self.peer_name,
-            sid,
-            reason,
+    def _stream_violation(self, sid: int, reason: str, *, reply: bool = True) -> None:
+        self._violations.log(
+            logging.WARNING, "protocol violation on mux stream %d: %s; resetting that stream",
+            sid, reason,
         )
         stream = self._streams.get(sid)
         if stream is not None:
             stream._on_reset(f"protocol violation: {reason}")
             self._forget(stream)
-        self._send_control(wire.encode_reason(FrameType.RESET, sid, "protocol violation"))
+        if reply:
+            self._send_control(wire.encode_reason(FrameType.RESET, sid, "protocol violation"))
 
     def _is_peer_id(self, sid: int) -> bool:
         return sid % 2 != self._parity
@@ -414,10 +474,34 @@ class MuxConnection:
         self._writer.write(frame)
 
     def _send_control(self, frame: bytes) -> None:
-        """Send a small frame without waiting for the pipe to drain. Control frames are
-        bounded by the data the peer sent, so they cannot pile up without limit."""
-        if not self.closed.is_set():
-            self._writer.write(frame)
+        """Send a small frame without waiting for the pipe to drain (the reader loop sends
+        most of them and must not block). A peer can make us send them at the rate it sends
+        cheap frames; if it stops reading, the write buffer grows past ``_queue_limit`` and the
+        connection is dropped (logged once), its buffer freed."""
+        if self.closed.is_set():
+            return
+        self._writer.write(frame)
+        queued = self._queued()
+        if queued > self._queue_limit():
+            log.warning("%s: peer is not reading its replies (%d bytes queued toward it); "
+                        "disconnecting", self.peer_name, queued)
+            self._teardown(f"peer stopped reading: {queued} bytes queued", discard=True)
+
+    def _queued(self) -> int:
+        try:
+            return self._writer.transport.get_write_buffer_size()
+        except NotImplementedError:  # a transport that keeps no buffer of its own
+            return 0
+
+    def _queue_limit(self) -> int:
+        """What may be queued toward the peer: each stream's writer puts at most one DATA
+        frame in the buffer beyond the transport's high-water mark before it waits for a
+        drain; control replies get ``MAX_QUEUED_CONTROL`` on top."""
+        try:
+            _, high = self._writer.transport.get_write_buffer_limits()
+        except NotImplementedError:
+            high = 0
+        return MAX_QUEUED_CONTROL + high + _MAX_DATA_FRAME * len(self._streams)
 
     async def _drain(self) -> None:
         try:
@@ -435,13 +519,19 @@ class MuxConnection:
             stream._on_reset(reason)
         self._streams.clear()
 
-    def _teardown(self, reason: str) -> None:
+    def _teardown(self, reason: str, *, discard: bool = False) -> None:
+        """End the connection. ``discard``: drop what is queued instead of flushing it first
+        (``close`` would keep it, and the descriptor, for as long as the peer does not read)."""
         if self.closed.is_set():
             return
         self.close_reason = reason
         self.closed.set()
+        self._violations.flush()
         self._reset_all(reason)
-        self._writer.close()
+        if discard:
+            self._writer.transport.abort()
+        else:
+            self._writer.close()
         # Wake ``run``: on a character device the reading side is a separate transport
         # that closing the writer does not end.
         self._reader.feed_eof()

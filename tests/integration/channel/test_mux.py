@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from vmsilo.channel import mux
 from vmsilo.channel.mux import MuxConnection, MuxStream, StreamHandler
 from vmsilo.channel.stream import StreamRefusedError, StreamResetError
 from vmsilo.protocol import mux as wire
@@ -248,3 +249,103 @@ async def test_garbage_before_hello_is_skipped() -> None:
         await host.close()
         await guest.close()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- a peer that stops reading, and log floods ---------------------------------------------
+
+
+def _cheap_frames(kind: str, start: int, count: int) -> bytes:
+    """``count`` small frames, each of which the host must answer with a control reply."""
+    if kind == "data-unknown":  # answered with RESET (a per-stream violation)
+        return wire.encode_frame(FrameType.DATA, 1_000_000, b"x") * count
+    if kind == "open-refused":  # answered with REFUSE
+        return b"".join(wire.encode_open(2 * (start + i + 1), 5000, wire.MIN_WINDOW)
+                        for i in range(count))
+    # a "restarted" guest each time: answered with HELLO
+    return b"".join(wire.encode_hello(Role.GUEST, reply=False, session=start + i + 1)
+                    for i in range(count))
+
+
+@pytest.mark.parametrize("kind", ["data-unknown", "open-refused", "hello"])
+async def test_a_peer_that_stops_reading_is_disconnected_with_bounded_memory(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fake guest sends up to a million cheap frames and never reads the answers: the host
+    queues at most its cap, then drops that connection (said once, with the VM's name)."""
+    host_sock, guest_sock = socket.socketpair()
+    guest_sock.setblocking(False)
+    h_reader, h_writer = await asyncio.open_connection(sock=host_sock)
+    host = MuxConnection(h_reader, h_writer, role=Role.HOST, peer_name="vm testvm")
+    runner = asyncio.create_task(host.run())
+    loop = asyncio.get_running_loop()
+    batch, sent, peak = 2000, 0, 0
+    with caplog.at_level(logging.INFO):
+        await loop.sock_sendall(guest_sock, wire.encode_hello(Role.GUEST, reply=False))
+        with pytest.raises(OSError):  # the host hangs up on us
+            while sent < 1_000_000:
+                await asyncio.wait_for(
+                    loop.sock_sendall(guest_sock, _cheap_frames(kind, sent, batch)), 10)
+                sent += batch
+                if not host.closed.is_set():
+                    peak = max(peak, h_writer.transport.get_write_buffer_size())
+        await asyncio.wait_for(runner, 10)
+    guest_sock.close()
+    assert host.closed.is_set()
+    assert "stopped reading" in host.close_reason
+    assert sent < 1_000_000
+    _, high = h_writer.transport.get_write_buffer_limits()
+    assert peak <= mux.MAX_QUEUED_CONTROL + high + 64
+    notices = [r for r in caplog.records if "not reading" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].getMessage().startswith("vm testvm: ")
+    # the log stays short however many frames were sent
+    assert len(caplog.records) <= 15
+
+
+async def test_violation_warnings_are_rate_limited_with_a_count(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        pair.guest_writer.write(wire.encode_frame(FrameType.DATA, 1_000_000, b"x") * 500)
+        await asyncio.sleep(0.2)
+        assert await echo_round_trip(pair.host, b"fine") == b"fine"
+        await pair.host.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "vmsilo.channel.mux"]
+    violations = [m for m in messages if m.startswith("vm testvm: protocol violation")]
+    assert len(violations) == 10
+    assert "vm testvm: 490 similar messages suppressed (at most 10 per 60 s)" in messages
+
+
+def test_warning_limiter_budget_renews_each_period() -> None:
+    now = [0.0]
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.limiter")
+    logger.addHandler(Collect())
+    logger.propagate = False
+    limiter = mux.WarningLimiter(logger, "vm a", burst=2, period=10.0, clock=lambda: now[0])
+    for i in range(5):
+        limiter.log(logging.WARNING, "bad frame %d", i)
+    assert records == ["vm a: bad frame 0", "vm a: bad frame 1"]
+    now[0] = 10.0
+    limiter.log(logging.WARNING, "bad frame %d", 5)
+    assert records[2:] == ["vm a: 3 similar messages suppressed (at most 2 per 10 s)",
+                           "vm a: bad frame 5"]
+    limiter.flush()
+    assert len(records) == 4
+
+
+async def test_a_reset_for_an_unknown_stream_is_not_answered(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both ends answered violations with RESET, and a RESET for an unknown stream is one: a
+    single such frame bounced between them for ever (tens of thousands of frames a second)."""
+    with caplog.at_level(logging.WARNING):
+        pair.guest_writer.write(wire.encode_reason(FrameType.RESET, 1_000_000, "x"))
+        await asyncio.sleep(0.3)
+    messages = [r.getMessage() for r in caplog.records if r.name == "vmsilo.channel.mux"]
+    assert [m.split(":")[0] for m in messages] == ["vm testvm"]
+    assert await echo_round_trip(pair.host, b"fine") == b"fine"
