@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 
+from vmsilo.config import grammars
 from vmsilo.config.derive import (
     CLIENT_LINK_INTERFACE,
     LINK_BRIDGE_PREFIX,
@@ -61,6 +62,7 @@ def check_config(
     problems += _vm_names(known)
     for name, vm in config.vms.items():
         problems += _vm_table(name, vm)
+        problems += _grammars(name, vm)
     problems += _depends_on(config.vms, known)
     problems += _netvm_references(config.vms, known)
     problems += _explicit_ids(config.vms)
@@ -185,6 +187,16 @@ def _vm_table(name: str, vm: VmConfig) -> list[str]:
                 "translateUid/translateGid; set posixAcl = false or remove the translation"
             )
     problems.extend(_gpu(name, vm))
+    return problems
+
+
+def _grammars(name: str, vm: VmConfig) -> list[str]:
+    """Values checked for where they land (``grammars``): kernelParams as kernel words, the
+    disks' QEMU options, and socket paths (for a valid VM name only: others are reported)."""
+    problems = grammars.kernel_param_problems(vm_path(name), vm)
+    problems += grammars.disk_problems(vm_path(name), vm)
+    if _VM_NAME_RE.fullmatch(name):
+        problems += grammars.socket_problems(vm_path(name), name, vm, HOME_TAG)
     return problems
 
 

@@ -1,6 +1,13 @@
 """Validated string types used by the config models: addresses, CIDRs, MACs, PCI BDFs, paths,
 interface names, Debian package names, virtiofsd id maps, sizes, durations, colours.
 
+Many values land in another grammar: the guest's kernel command line (``protocol.netparams``,
+``protocol.shareparams``: words split at whitespace, fields at commas), networkd files and
+``resolv.conf`` in the guest (one setting per line), QEMU and virtiofsd option strings (commas).
+Each validator accepts only what every place the value lands can carry: IPv6 scope ids
+(``fe80::1%eth0``), which Python's ``ipaddress`` takes with *any* text after the ``%``, are
+refused where nothing needs them and limited to an interface name for nameservers.
+
 Each validator checks one value in isolation and raises ``ValueError("<what is wrong>; <how to
 fix>")``; relations between values belong to ``checks``. Values stay strings on the models (so
 the resolved JSON keeps the user's spelling); parsed forms are computed where they are used.
@@ -19,7 +26,9 @@ from vmsilo.config.colours import parse_colour
 from vmsilo.config.units import parse_duration, parse_size
 
 IFNAMSIZ_MAX = 15
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# The guest's decoder (protocol.netparams) wants the first character alphanumeric or '_'; a
+# leading '-' would also read as an option to ip(8).
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
 _BDF_RE = re.compile(
     r"(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
@@ -35,6 +44,20 @@ _TRANSLATE_TYPES = ("guest", "host", "map", "squash-guest", "squash-host", "forb
 _HEX4_RE = re.compile(r"[0-9a-fA-F]{4}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _MODE_RE = re.compile(r"0?[0-7]{3,4}")
+_MOUNT_POINT_RE = re.compile(r"/[A-Za-z0-9_./@+-]*")  # protocol.shareparams' grammar
+
+
+def _no_scope(value: str) -> None:
+    """Refuse an IPv6 scope id: ``ipaddress`` accepts any text after ``%`` (spaces, commas,
+    newlines), which would become new kernel words, option fields or networkd lines."""
+    if "%" in value:
+        address, _, rest = value.partition("%")
+        scope, slash, prefix = rest.partition("/")
+        plain = address + slash + prefix
+        raise ValueError(
+            f"{value!r} has an IPv6 scope id ('%{scope}'), which this option cannot carry; "
+            f"write it without one, e.g. '{plain}' (the interface is the one it is set on)"
+        )
 
 
 def _validator(check: Callable[[str], None]) -> AfterValidator:
@@ -60,6 +83,7 @@ def check_ipv4_interface(value: str) -> None:
 def check_ipv6_interface(value: str) -> None:
     if "/" not in value:
         raise ValueError(f"{value!r} has no prefix length; write it as CIDR, e.g. 'fc00::2/64'")
+    _no_scope(value)
     try:
         ipaddress.IPv6Interface(value)
     except ValueError:
@@ -82,6 +106,7 @@ def _check_network(
     family = "IPv4" if kind is ipaddress.IPv4Interface else "IPv6"
     if "/" not in value:
         raise ValueError(f"{value!r} has no prefix length; write it as CIDR, e.g. '{example}'")
+    _no_scope(value)
     try:
         interface = kind(value)
     except ValueError:
@@ -107,6 +132,7 @@ def check_ipv4_address(value: str) -> None:
 
 
 def check_ipv6_address(value: str) -> None:
+    _no_scope(value)
     try:
         ipaddress.IPv6Address(value)
     except ValueError:
@@ -114,12 +140,45 @@ def check_ipv6_address(value: str) -> None:
 
 
 def check_ip_address(value: str) -> None:
+    _no_scope(value)
     try:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(
             f"{value!r} is not an IP address; write e.g. '1.1.1.1' or '2606:4700::1111'"
         ) from None
+
+
+def check_nameserver(value: str) -> None:
+    """A nameserver: an IP address; a link-local IPv6 one may name its interface
+    (``fe80::1%eth0``, as resolv.conf allows), and the scope must then be an interface name:
+    the value becomes one ``vmsilo.dns=`` kernel word and one ``nameserver`` line."""
+    address, percent, scope = value.partition("%")
+    if not percent:
+        check_ip_address(value)
+        return
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address; write e.g. '1.1.1.1' or 'fe80::1%eth0'"
+        ) from None
+    if not _IFNAME_RE.fullmatch(scope):
+        raise ValueError(
+            f"{value!r} has a scope id {scope!r} that is not an interface name; write the "
+            f"guest's interface after '%' (1-15 letters, digits, '_', '-', '.'), "
+            f"e.g. '{address}%eth0', or drop the scope"
+        )
+
+
+def check_guest_mount_point(value: str) -> None:
+    """Where the guest mounts a share: it travels in a ``vmsilo.share=<tag>,<mount point>,..``
+    kernel word (``protocol.shareparams``), so only the characters its decoder takes."""
+    if not _MOUNT_POINT_RE.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            f"{value!r} cannot be a guest mount point; write an absolute path of letters, "
+            "digits and '_', '.', '/', '@', '+', '-' without '..', e.g. '/mnt/docs'"
+        )
 
 
 def check_mac(value: str) -> None:
@@ -135,11 +194,12 @@ def check_mac(value: str) -> None:
 
 
 def check_interface_name(value: str) -> None:
-    """A Linux network interface name: at most 15 characters, no '/', ':' or whitespace."""
-    if not _IFNAME_RE.fullmatch(value) or value in (".", ".."):
+    """A Linux network interface name: at most 15 characters, no '/', ':' or whitespace, and
+    not starting with '-' or '.' (the guest's decoder, protocol.netparams, refuses those)."""
+    if not _IFNAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid interface name; use 1-15 characters from "
-            "letters, digits, '_', '-' and '.'"
+            "letters, digits, '_', '-' and '.', starting with a letter, digit or '_'"
         )
 
 
@@ -249,6 +309,8 @@ Ipv6Network = Annotated[str, _validator(check_ipv6_network)]
 Ipv4Address = Annotated[str, _validator(check_ipv4_address)]
 Ipv6Address = Annotated[str, _validator(check_ipv6_address)]
 IpAddress = Annotated[str, _validator(check_ip_address)]
+Nameserver = Annotated[str, _validator(check_nameserver)]
+GuestMountPoint = Annotated[str, _validator(check_guest_mount_point)]
 MacAddress = Annotated[str, _validator(check_mac)]
 InterfaceName = Annotated[str, _validator(check_interface_name)]
 Bdf = Annotated[str, _validator(check_bdf)]

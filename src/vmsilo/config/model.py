@@ -24,9 +24,9 @@ from vmsilo.config.fields import (
     DebianPackage,
     Duration,
     FileMode,
+    GuestMountPoint,
     IdMap,
     InterfaceName,
-    IpAddress,
     IpInterface,
     Ipv4Address,
     Ipv4Interface,
@@ -35,6 +35,7 @@ from vmsilo.config.fields import (
     Ipv6Interface,
     Ipv6Network,
     MacAddress,
+    Nameserver,
     PciPath,
     Size,
     TranslateMap,
@@ -210,7 +211,7 @@ class Interface(ConfigModel):
 
 
 class Network(ConfigModel):
-    nameservers: list[IpAddress] = Field(default_factory=list)
+    nameservers: list[Nameserver] = Field(default_factory=list)
     interfaces: dict[str, Interface] = Field(default_factory=dict)
     netvm: str | None = Field(default=None, min_length=1)
     is_netvm: bool = False
@@ -285,7 +286,7 @@ class SharedDirectory(ConfigModel):
     translate_uid: TranslateMap | None = None
     translate_gid: TranslateMap | None = None
     preserve_noatime: bool = False
-    mount_point: AbsolutePath | None = None
+    mount_point: GuestMountPoint | None = None
 
 
 class UsbDevice(ConfigModel):
@@ -298,6 +299,17 @@ class GuestFile(ConfigModel):
     path: AbsolutePath
     content: str
     mode: FileMode = "0644"
+
+    @field_validator("path")
+    @classmethod
+    def _a_file_inside_the_image(cls, value: str) -> str:
+        # The image build writes it below its stage directory, as root: '..' would leave it.
+        if ".." in value.split("/") or not value.strip("/"):
+            raise ValueError(
+                f"{value!r} does not name a file inside the guest; write an absolute path "
+                "without '..', e.g. '/etc/motd'"
+            )
+        return value
 
 
 class GuestConfigModule(ConfigModel):

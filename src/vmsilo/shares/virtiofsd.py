@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vmsilo.config.model import SharedDirectory, Virtiofs
 from vmsilo.host import proc
+from vmsilo.shares import fuseopt
 from vmsilo.shares.idmap import NAMESPACE_TRANSLATIONS, Flavour, unsupported_translation
 
 # Searched in order; VMSILO_VIRTIOFSD names one explicitly.
@@ -153,7 +154,7 @@ def _qemu(path: str, s: SharedDirectory, v: Virtiofs, source: str, fd: int) -> l
 
     cache = {"auto": "auto", "always": "always", "never": "none"}[s.cache]
     options = [
-        f"source={source}",
+        f"source={fuseopt.value(source)}",  # a path may hold commas
         f"cache={cache}",
         f"log_level={_QEMU_LOG_LEVELS[s.log_level]}",
         # chroot is the C flavour's weakest sandbox; it has no "none".
