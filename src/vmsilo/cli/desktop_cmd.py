@@ -1,7 +1,9 @@
 """``vmsilo desktop install``: put every VM's applications in the desktop user's menu, one
 folder per VM (see ``vmsilo.desktop.install``). Run as root, the files are written by a child
 that has dropped to the home's owner (``vmsilo.desktop.write_menu``): root never writes into a
-user's home itself; run as a user, into one's own."""
+user's home itself; run as a user, into one's own. The output is a table per VM, then every
+entry left out and every key dropped from an entry (a translation whose locale is not
+valid, a category that is not registered, …), each on its own line with its reason."""
 
 from __future__ import annotations
 
@@ -33,13 +35,17 @@ def run_install(args: argparse.Namespace) -> int:
     home, report, entries_by_vm = refresh(config, args.home)
     console = output_console()
     table = Table(title=f"Menu entries in {home}")
-    for column in ("VM", "applications", "left out"):
+    for column in ("VM", "applications", "left out", "keys dropped"):
         table.add_column(column)
     for name, entries in entries_by_vm.items():
         left_out = [r for r in report.rejected if r.startswith(f"{name}: ")]
-        table.add_row(name, str(len(entries) - len(left_out)), str(len(left_out)))
+        dropped = [r for r in report.dropped if r.startswith(f"{name}: ")]
+        table.add_row(name, str(len(entries) - len(left_out)), str(len(left_out)),
+                      str(len(dropped)))
     console.print(table)
     for reason in report.rejected:
         console.print(f"left out: {reason}", markup=False, highlight=False)
+    for reason in report.dropped:
+        console.print(f"dropped: {reason}", markup=False, highlight=False)
     console.print(f"{len(report.written)} files written, {len(report.removed)} removed")
     return 0

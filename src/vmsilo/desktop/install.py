@@ -3,7 +3,11 @@ each VM (from the entries its image manifest collected at build time), a menu fo
 (an XDG menu merge file and a directory entry), and removal of everything vmsilo wrote before
 that is no longer wanted (VMs gone from the config, applications gone from an image).
 
-Every file vmsilo owns is named ``vmsilo-…`` so that removal never touches anything else.
+Every file vmsilo owns is named ``vmsilo-…`` so that removal never touches anything else, and
+names are injective (``vmsilo.desktop.names``): no two (VM, guest file) pairs share an entry or
+an icon file. Each entry's file is written from ``vmsilo.desktop.entry.render``, whose values
+are all encoded for the Desktop Entry format; keys the guest's entry had that could not be used
+are reported (``Report.dropped``) along with whole entries left out (``Report.rejected``).
 
 This runs as the user whose home it writes (``vmsilo.desktop.menu`` starts it as a child that
 dropped to that user when root asks): it follows whatever the user put in their home with the
@@ -13,18 +17,17 @@ user's own rights, and never changes an owner.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from vmsilo.desktop.entry import EntryRejected, parse, render
+from vmsilo.desktop.entry import EntryRejected, encode_string, parse, render
+from vmsilo.desktop.names import PREFIX, encode_part, entry_stem
 
 log = logging.getLogger(__name__)
 
-PREFIX = "vmsilo-"
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+ICON_EXTENSIONS = (".png", ".svg", ".xpm")
 
 
 @dataclass(frozen=True)
@@ -47,19 +50,27 @@ class Report:
     written: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # "<vm>: <file>: <reason>"
+    dropped: list[str] = field(default_factory=list)  # "<vm>: <file>: <key>: <why>"
 
 
 def category(vm: str) -> str:
-    return f"X-vmsilo-{_SAFE.sub('_', vm)}"
+    """The menu category of ``vm``'s entries (injective in ``vm``: one encoded part)."""
+    return f"X-vmsilo-{_one_part(vm)}"
+
+
+def _one_part(vm: str) -> str:
+    """``vm`` in a name where it is the only variable part (menu, folder, category): ``-``
+    may stay, nothing follows it to be confused with."""
+    return encode_part(vm, keep_dash=True)
 
 
 def entry_name(vm: str, file_id: str) -> str:
-    stem = file_id.removesuffix(".desktop")
-    return f"{PREFIX}{_SAFE.sub('_', vm)}-{_SAFE.sub('_', stem)}.desktop"
+    """The host file name of ``vm``'s ``file_id`` (see ``vmsilo.desktop.names``)."""
+    return entry_stem(vm, file_id) + ".desktop"
 
 
 def menu_file(vm: str) -> str:
-    name = f"{PREFIX}{vm}"
+    name = f"{PREFIX}{_one_part(vm)}"
     return f"""<!DOCTYPE Menu PUBLIC "-//freedesktop//DTD Menu 1.0//EN"
  "http://www.freedesktop.org/standards/menu-spec/1.0/menu.dtd">
 <Menu>
@@ -76,7 +87,8 @@ def menu_file(vm: str) -> str:
 
 
 def directory_file(vm: str) -> str:
-    return f"[Desktop Entry]\nType=Directory\nName={vm}\nComment=Applications of the VM {vm}\n"
+    return (f"[Desktop Entry]\nType=Directory\nName={encode_string(vm)}\n"
+            f"Comment={encode_string(f'Applications of the VM {vm}')}\n")
 
 
 def _write(path: Path, text: str, report: Report) -> None:
@@ -115,24 +127,32 @@ def install(
         for raw in entries:
             file_id = str(raw.get("file", ""))
             try:
+                stem = entry_stem(vm, file_id)
                 entry = parse(file_id, str(raw.get("text", "")).encode())
-            except EntryRejected as exc:
+                icon_path = None
+                icon_file = raw.get("icon")
+                source_dir = (icon_dirs or {}).get(vm)
+                extension = Path(icon_file).suffix if isinstance(icon_file, str) else ""
+                if (isinstance(icon_file, str) and source_dir is not None
+                        and "/" not in icon_file and icon_file not in (".", "..")
+                        and extension in ICON_EXTENSIONS):
+                    target = targets.icons / f"{stem}{extension}"
+                    if _copy_icon(source_dir / icon_file, target, report):
+                        icon_path = str(target)
+                        wanted.add(target)
+                text = render(entry, vm, icon_path, category(vm))
+            except (EntryRejected, ValueError) as exc:
                 report.rejected.append(f"{vm}: {file_id}: {exc}")
                 log.info("VM %s: desktop entry %s left out: %s", vm, file_id, exc)
                 continue
-            path = targets.applications / entry_name(vm, file_id)
-            icon_path = None
-            icon_file = raw.get("icon")
-            source_dir = (icon_dirs or {}).get(vm)
-            if isinstance(icon_file, str) and source_dir is not None and "/" not in icon_file:
-                target = targets.icons / f"{PREFIX}{_SAFE.sub('_', vm)}-{icon_file}"
-                if _copy_icon(source_dir / icon_file, target, report):
-                    icon_path = str(target)
-                    wanted.add(target)
-            _write(path, render(entry, vm, icon_path, category(vm)), report)
+            for what in entry.dropped:
+                report.dropped.append(f"{vm}: {file_id}: {what}")
+                log.info("VM %s: desktop entry %s: dropped %s", vm, file_id, what)
+            path = targets.applications / f"{stem}.desktop"
+            _write(path, text, report)
             wanted.add(path)
-        menu = targets.menus / f"{PREFIX}{vm}.menu"
-        directory = targets.directories / f"{PREFIX}{vm}.directory"
+        menu = targets.menus / f"{PREFIX}{_one_part(vm)}.menu"
+        directory = targets.directories / f"{PREFIX}{_one_part(vm)}.directory"
         _write(menu, menu_file(vm), report)
         _write(directory, directory_file(vm), report)
         wanted |= {menu, directory}

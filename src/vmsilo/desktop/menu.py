@@ -130,13 +130,16 @@ def _report(untrusted_data: bytes) -> Report:
     except ValueError as exc:
         raise MenuWriteError(f"the menu writer's report is not JSON: {exc}") from None
     fields: dict[str, list[str]] = {}
-    for key in ("written", "removed", "rejected"):
+    for key in ("written", "removed", "rejected", "dropped"):
         value = untrusted.get(key) if isinstance(untrusted, dict) else None
+        if key == "dropped" and value is None:
+            value = []  # a writer of an older vmsilo reports no dropped keys
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise MenuWriteError(f"the menu writer's report has no list of strings {key!r}")
         fields[key] = value
     return Report(written=[Path(p) for p in fields["written"]],
-                  removed=[Path(p) for p in fields["removed"]], rejected=fields["rejected"])
+                  removed=[Path(p) for p in fields["removed"]], rejected=fields["rejected"],
+                  dropped=fields["dropped"])
 
 
 def refresh_quietly(config: VmsiloConfig) -> str:

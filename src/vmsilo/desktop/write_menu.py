@@ -3,7 +3,8 @@
 Started by ``vmsilo.desktop.menu`` (root) after dropping to the home's user: reads one JSON
 object on standard input, ``{"home": path, "entries": {vm: [manifest entries]}, "icon_dirs":
 {vm: path}}``, runs ``vmsilo.desktop.install`` with this process's rights only, and prints the
-report as one JSON object, ``{"written": [paths], "removed": [paths], "rejected": [text]}``.
+report as one JSON object, ``{"written": [paths], "removed": [paths], "rejected": [text],
+"dropped": [text]}``.
 An error (a file the user cannot write, say) ends it with status 1 and one line on stderr.
 """
 
@@ -27,7 +28,7 @@ def main() -> int:
         return 1
     json.dump({"written": [str(p) for p in report.written],
                "removed": [str(p) for p in report.removed],
-               "rejected": report.rejected}, sys.stdout)
+               "rejected": report.rejected, "dropped": report.dropped}, sys.stdout)
     return 0
 
 
