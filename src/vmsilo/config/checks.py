@@ -1,5 +1,6 @@
 """Checks that relate several values: interface types and their tables, dependencies and netvm
-references, link subnets, PCI and USB claims, uniqueness of ids, TAP names and MACs, VM names.
+references, link subnets, PCI and USB claims, uniqueness of ids, TAP names and MACs, VM names,
+shared folders inside one another.
 
 Each check returns problem lines ``<dotted.path>: <what is wrong>; <how to fix>`` and never
 stops at the first. The checks run over whatever VMs passed field validation, so a typo in
@@ -10,6 +11,7 @@ reference to a VM that failed validation is not reported as unknown.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
@@ -24,6 +26,7 @@ from vmsilo.config.derive import (
 from vmsilo.config.fields import IFNAMSIZ_MAX, check_interface_name, normalise_bdf
 from vmsilo.config.model import HOST_NETVM, UsbDevice, VmConfig, VmsiloConfig
 from vmsilo.config.resolved import resolve
+from vmsilo.host.paths import Mode, Paths
 
 _VM_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # The guest mounts the shared home here under this tag (vmsilo.shares.plan repeats them).
@@ -68,6 +71,7 @@ def check_config(
     problems += _explicit_ids(config.vms)
     problems += _usb_claims(config.vms)
     problems += _pci_claims(config, settings_valid)
+    problems += _share_overlaps(config.vms)
     if settings_valid:
         problems += _global(config)
         problems += _netvm_subnets(config)
@@ -430,6 +434,57 @@ def _pci_claims(config: VmsiloConfig, settings_valid: bool) -> list[str]:
                     "a PCI device can belong to one VM only"
                 )
             owner.setdefault(bdf, name)
+    return problems
+
+
+def _share_sources(vms: Mapping[str, VmConfig]) -> list[tuple[str, str, str, bool]]:
+    """(VM, option path, host path, readonly) of every share, as ``vmsilo.shares.plan``
+    computes them: ``sharedHome = true`` is ``<shared root>/<vm>`` (``/shared/<vm>``, the
+    root moved by ``VMSILO_ROOT``) — shares are served by a system-mode vmsilod only."""
+    shared_root = Paths.for_mode(Mode.SYSTEM).shared_root
+    sources = []
+    for name, vm in sorted(vms.items()):
+        if vm.shared_home is True:
+            sources.append((name, vm_path(name, "sharedHome"), str(shared_root / name), False))
+        elif vm.shared_home is not False:
+            sources.append((name, vm_path(name, "sharedHome"), vm.shared_home, False))
+        for tag, share in sorted(vm.shared_directories.items()):
+            option = vm_path(name, "sharedDirectories", path_key(tag), "path")
+            sources.append((name, option, share.path, share.readonly))
+    return sources
+
+
+def _components(path: str) -> tuple[str, ...]:
+    return tuple(part for part in os.path.normpath(path).split("/") if part)
+
+
+def _share_overlaps(vms: Mapping[str, VmConfig]) -> list[str]:
+    """A share inside another share (of any VM, shared homes included), and one folder that
+    two VMs both share read-write. A guest that can write a folder on the way to another
+    share could swap what lies there (vmsilod follows no link, but a guest can still rename
+    folders inside its share), and either way one VM would reach another's files."""
+    problems = []
+    sources = _share_sources(vms)
+    for vm, option, path, readonly in sources:
+        inner = _components(path)
+        for other_vm, other_option, other_path, other_readonly in sources:
+            outer = _components(other_path)
+            if option == other_option:
+                continue
+            if len(outer) < len(inner) and inner[: len(outer)] == outer:
+                problems.append(
+                    f"{option}: {path} is inside {other_path}, which {other_option} shares; "
+                    "shares may not contain one another (a guest writing in the outer folder "
+                    "could swap the folders on the way to the inner one, and reaches its "
+                    "files): share only the outer folder, or move the inner one out of it")
+                break
+            if (outer == inner and vm != other_vm and not readonly and not other_readonly
+                    and other_option < option):  # fmt: skip
+                problems.append(
+                    f"{option}: {path} is also shared read-write by {other_option}; two VMs "
+                    "may not both write one folder (each would reach the other's files): give "
+                    "each VM its own folder, or set readonly = true in all but one of them")
+                break
     return problems
 
 

@@ -3,10 +3,16 @@
 virtiofsd never has real root: ``vmsilo.shares.userns`` starts it as root of its own user
 namespace whose id maps (``vmsilo.shares.idmap``) send the guest's ``user`` to the desktop
 user and every other guest id to the VM's unprivileged block, with its own mount, IPC and
-UTS namespaces, an open-file limit, a capability bounding set of what virtiofsd uses, and a
-read-only share bound read-only in its mount namespace (so even a virtiofsd without
-``--readonly``, the C one, cannot write to it). virtiofsd's own sandbox (pid/net/mount
-namespaces and pivot_root into the share) runs inside that.
+UTS namespaces, an open-file limit and a capability bounding set of what virtiofsd uses.
+virtiofsd's own sandbox (pid/net/mount namespaces and pivot_root into the share) runs inside
+that.
+
+What it serves is the directory vmsilod opened once, without following links
+(``vmsilo.shares.source``), not whatever the share's path names later: the launcher mounts
+that very directory, from its descriptor, at a fixed path in virtiofsd's mount namespace
+(``nosuid``, ``nodev``, read-only for a read-only share, all locked there), and virtiofsd is
+given only that path. Only the shared directory's own mode matters to virtiofsd, not the
+directories above it.
 
 Each share has a root-owned directory ``<runtime dir>/virtiofs-<tag>/`` (mode 0700). vmsilod
 binds the vhost-user socket there itself and hands the listening descriptor to virtiofsd;
@@ -41,6 +47,7 @@ from vmsilo.host.procid import ProcessIdentity
 from vmsilo.host.safefs import Dir, UnsafePath
 from vmsilo.shares import userns
 from vmsilo.shares.plan import Share
+from vmsilo.shares.source import Source, exposed, open_source
 from vmsilo.shares.virtiofsd import RLIMIT_NOFILE, Virtiofsd, command
 
 log = logging.getLogger(__name__)
@@ -98,6 +105,25 @@ class RunningShare:
 
 
 # -- the shared home ---------------------------------------------------------------------------
+
+
+SHARED_ROOT_MODE = 0o750
+
+
+def secure_shared_root(shared_root: Path, group: int) -> None:
+    """Make the shared root (``/shared``, created if missing) root's, of the desktop user's
+    group ``group``, mode 0750: the user reaches the VMs' homes, other local accounts reach
+    nothing below it. A guest can make setuid programs of the desktop user's in its home
+    (its ``user`` is the desktop user there) and open the home to everyone (``chmod 755``);
+    neither helps another account that cannot pass ``/shared``. virtiofsd does not need to
+    pass it either: it gets its share as a mount. Raises ``UnsafePath`` for a foreign or
+    linked shared root."""
+    with Dir.secure(shared_root, mode=SHARED_ROOT_MODE) as directory:
+        st = os.fstat(directory.fd)
+        if st.st_gid != group:
+            os.fchown(directory.fd, -1, group)  # the owner stays root
+        if stat.S_IMODE(st.st_mode) != SHARED_ROOT_MODE:
+            os.fchmod(directory.fd, SHARED_ROOT_MODE)
 
 
 def _staging_name(home: Path) -> str:
@@ -215,42 +241,37 @@ def nofile_limit() -> int:
 
 
 def launch_command(share: Share, maps: IdMaps, argv: Sequence[str],
-                   python: str = sys.executable) -> list[str]:
-    """virtiofsd's ``argv`` inside its user namespace and vmsilod's confinement."""
+                   python: str = sys.executable, *, source_fd: int) -> list[str]:
+    """virtiofsd's ``argv`` (whose shared directory is ``userns.SOURCE``) inside its user
+    namespace and vmsilod's confinement, serving the directory open as ``source_fd`` (an
+    ``O_PATH`` descriptor from ``source.open_source``, which the launcher must inherit)."""
     return userns.command(python, maps.uids, maps.gids, nofile=nofile_limit(),
-                          capabilities=CAPABILITIES,
-                          readonly=share.source if share.readonly else None,
-                          program=argv)  # fmt: skip
+                          capabilities=CAPABILITIES, source_fd=source_fd,
+                          readonly=share.readonly, program=argv)  # fmt: skip
 
 
 def _mapped(host_id: int, lines: Sequence[IdMapLine]) -> bool:
     return any(line.outside <= host_id < line.outside + line.count for line in lines)
 
 
-def unreachable(source: Path, maps: IdMaps) -> tuple[Path, os.stat_result] | None:
-    """The first directory on the way to ``source`` (or ``source`` itself) that virtiofsd,
-    as the namespace's root, cannot pass (search) or, for ``source``, list; None if it
-    can. Its capabilities count only on files whose owner and group the maps name; elsewhere
-    the mode bits decide. A directory with an ACL is left to the kernel."""
-    root_uid, root_gid = maps.uids[0].outside, maps.gids[0].outside  # namespace id 0
-    chain = [*reversed(source.parents), source]
-    for index, directory in enumerate(chain):
-        st = os.stat(directory)
-        if _mapped(st.st_uid, maps.uids) and _mapped(st.st_gid, maps.gids):
-            continue
-        if st.st_uid == root_uid:
-            bits = (st.st_mode >> 6) & 0o7
-        elif st.st_gid == root_gid:
-            bits = (st.st_mode >> 3) & 0o7
-        else:
-            bits = st.st_mode & 0o7
-        needed = 0o5 if index == len(chain) - 1 else 0o1
-        if bits & needed != needed and not _has_acl(directory):
-            return directory, st
-    return None
+def unreadable(source: Source, maps: IdMaps) -> bool:
+    """True when virtiofsd, as the namespace's root, could not list and search the shared
+    directory. Its capabilities count only on files whose owner and group the maps name;
+    elsewhere the mode bits decide. A directory with an ACL is left to the kernel. The
+    directories above it do not matter: virtiofsd gets the directory as a mount of its own."""
+    st = source.stat
+    if _mapped(st.st_uid, maps.uids) and _mapped(st.st_gid, maps.gids):
+        return False
+    if st.st_uid == maps.uids[0].outside:  # namespace id 0
+        bits = (st.st_mode >> 6) & 0o7
+    elif st.st_gid == maps.gids[0].outside:
+        bits = (st.st_mode >> 3) & 0o7
+    else:
+        bits = st.st_mode & 0o7
+    return bits & 0o5 != 0o5 and not _has_acl(source.proc_path)
 
 
-def _has_acl(path: Path) -> bool:
+def _has_acl(path: str) -> bool:
     try:
         return "system.posix_acl_access" in os.listxattr(path)
     except OSError:
@@ -267,21 +288,29 @@ def start(
     log_path: Path,
 ) -> RunningShare:
     """Start virtiofsd for ``share``; ``log_fd`` (closed by the caller) takes its output,
-    None for none. Raises ``UserError`` naming the share's option and the fix."""
-    if not share.source.is_dir():
-        raise UserError(
-            f"{share.option_path}: {share.source} is not a directory on the host; "
-            "create it or fix the path"
-        )
-    blocked = unreachable(share.source, maps)
-    if blocked is not None:
-        where, st = blocked
-        raise UserError(
-            f"{share.option_path}: virtiofsd runs as the VM's unprivileged ids and cannot "
-            f"reach {share.source}: {where} is mode {stat.S_IMODE(st.st_mode):04o}, owned by "
-            f"{st.st_uid}:{st.st_gid}; let others search it (chmod o+x {where}"
-            f"{', and o+r for the shared directory itself' if where == share.source else ''})"
-            ", or share a directory elsewhere")
+    None for none. The share's path is resolved here, once, without following links, and
+    virtiofsd serves the directory found (see the module docstring). Raises ``UserError``
+    naming the share's option and the fix."""
+    with open_source(share.source, share.option_path) as source:
+        if unreadable(source, maps):
+            st = source.stat
+            raise UserError(
+                f"{share.option_path}: virtiofsd runs as the VM's unprivileged ids and cannot "
+                f"read {share.source}: it is mode {stat.S_IMODE(st.st_mode):04o}, owned by "
+                f"{st.st_uid}:{st.st_gid}; let others read and search it (chmod o+rx "
+                f"{share.source}), give it to the desktop user, or share a directory "
+                "elsewhere")
+        if not share.readonly and exposed(source):
+            log.warning(
+                "%s: %s can be reached by every local account, on a file system that honours "
+                "setuid bits: a guest can leave setuid programs of the desktop user's there "
+                "that any account could run; make a directory above it private (chmod o-x) "
+                "or mount it nosuid", share.option_path, share.source)
+        return _launch(found, share, settings, maps, runtime, log_fd, log_path, source)
+
+
+def _launch(found: Virtiofsd, share: Share, settings: Virtiofs, maps: IdMaps, runtime: Dir,
+            log_fd: int | None, log_path: Path, source: Source) -> RunningShare:
     name = directory_name(share.tag)
     directory = runtime.sub(name, fresh=True)
     try:
@@ -289,10 +318,11 @@ def start(
         try:
             argv = launch_command(
                 share, maps,
-                command(found, share.options, settings, source=str(share.source),
-                        fd=sock.fileno()))  # fmt: skip
+                command(found, share.options, settings, source=userns.SOURCE,
+                        fd=sock.fileno()), source_fd=source.fd)  # fmt: skip
             output: int = subprocess.DEVNULL if log_fd is None else log_fd
-            process = proc.spawn(argv, stdout=output, stderr=output, pass_fds=[sock.fileno()])
+            process = proc.spawn(argv, stdout=output, stderr=output,
+                                 pass_fds=[sock.fileno(), source.fd])
         finally:
             sock.close()
         try:

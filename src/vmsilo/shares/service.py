@@ -143,6 +143,8 @@ class ShareService:
         running: list[runner.RunningShare] = []
         try:
             for share in shares:
+                if share.is_home and share.source.parent == self.paths.shared_root:
+                    runner.secure_shared_root(self.paths.shared_root, self.owner()[1])
                 if share.is_home and runner.ensure_home(
                     share, self.paths.home_template, self.owner()
                 ):

@@ -1,6 +1,8 @@
 """virtiofsd's user namespace for real, without a VM: what the namespace's root can and cannot
-do to a host directory (through a shell run by the launcher in virtiofsd's place), and the
-real virtiofsd started, re-adopted by its recorded identity and stopped by the runner."""
+do to a host directory (through a shell run by the launcher in virtiofsd's place), the share
+mounted from vmsilod's descriptor (locked read-only, nosuid, nodev; no descriptor of the
+host's tree left to virtiofsd), and the real virtiofsd started, re-adopted by its recorded
+identity and stopped by the runner."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from vmsilo.host.safefs import Dir
 from vmsilo.shares import runner, virtiofsd
 from vmsilo.shares.plan import Share
 from vmsilo.shares.runner import CAPABILITIES, IdMaps, launch_command
+from vmsilo.shares.source import open_source
+from vmsilo.shares.userns import SOURCE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="user-namespace maps need root")
 
@@ -55,8 +59,13 @@ def share_of(directory: Path, readonly: bool = False) -> Share:
 
 
 def in_namespace(share: Share, script: str) -> subprocess.CompletedProcess[str]:
-    argv = launch_command(share, MAPS, ["/bin/sh", "-c", script, "sh", str(share.source)])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    """``script`` run by the launcher in virtiofsd's place; ``$1`` is the share's path there
+    (the one virtiofsd is given)."""
+    with open_source(share.source, share.option_path) as source:
+        argv = launch_command(share, MAPS, ["/bin/sh", "-c", script, "sh", SOURCE],
+                              source_fd=source.fd)  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                              pass_fds=[source.fd])  # fmt: skip
 
 
 def test_guest_root_cannot_make_root_setuid_root_or_device_files(shared: Path) -> None:
@@ -101,11 +110,40 @@ def _cap_numbers() -> list[int]:
 
 
 def test_a_readonly_share_is_readonly_even_for_the_namespaces_root(shared: Path) -> None:
-    script = 'touch "$1/new"; mount -o remount,rw "$1"; touch "$1/new2"; true'
+    script = """
+        touch "$1/new"
+        mount -o remount,rw "$1" 2>/dev/null && echo REMOUNT-WORKED
+        mount -o remount,bind,rw "$1" 2>/dev/null && echo BIND-REMOUNT-WORKED
+        umount -l "$1" 2>/dev/null; umount --no-canonicalize -l "$1" 2>/dev/null
+        touch "$1/new2"; true
+    """
     result = in_namespace(share_of(shared, readonly=True), script)
     assert result.returncode == 0, result.stderr
+    assert "WORKED" not in result.stdout, result.stdout
     assert result.stderr.count("Read-only file system") == 2, result.stderr
     assert list(shared.iterdir()) == []
+
+
+def test_the_share_is_a_locked_nosuid_nodev_mount_and_nothing_else_of_the_host_is_held(
+    shared: Path,
+) -> None:
+    (shared / "marker").write_text("the share\n")
+    script = """
+        grep " $1 " /proc/self/mountinfo | cut -d' ' -f6
+        mount -o remount,bind,suid,dev "$1" 2>/dev/null && echo SUID-REMOUNT-WORKED
+        umount -l "$1" 2>/dev/null; umount --no-canonicalize -l "$1" 2>/dev/null
+        cat "$1/marker"
+        ls /proc/self/fd
+    """
+    result = in_namespace(share_of(shared), script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert set(lines[0].split(",")) >= {"rw", "nosuid", "nodev"}, lines
+    assert "WORKED" not in result.stdout, lines
+    assert lines[1] == "the share", lines  # still mounted: the namespace's root cannot unmount
+    # Only the shell's standard streams (and ls's own directory): vmsilod's O_PATH
+    # descriptor of the share, from which ".." would climb into the host's tree, is closed.
+    assert set(lines[2:]) <= {"0", "1", "2", "3"}, lines
 
 
 def test_the_launcher_lives_in_its_own_namespaces(shared: Path) -> None:
@@ -117,8 +155,11 @@ def test_the_launcher_lives_in_its_own_namespaces(shared: Path) -> None:
 
 
 def test_a_failing_launch_says_why(shared: Path) -> None:
-    argv = launch_command(share_of(shared), MAPS, ["/nonexistent/virtiofsd"])
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    share = share_of(shared)
+    with open_source(share.source, share.option_path) as source:
+        argv = launch_command(share, MAPS, ["/nonexistent/virtiofsd"], source_fd=source.fd)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                                pass_fds=[source.fd])  # fmt: skip
     assert result.returncode == 1
     assert "vmsilo-userns: " in result.stderr and "No such file" in result.stderr
 
@@ -206,13 +247,30 @@ def _ns(pid: int, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
-def test_a_share_virtiofsd_could_not_reach_is_refused_up_front(
+def test_a_share_virtiofsd_could_not_read_is_refused_up_front(
     found: virtiofsd.Virtiofsd, runtime: Dir, tmp_path: Path
 ) -> None:
-    hidden = tmp_path / "private" / "docs"  # pytest's tmp_path is root's, mode 0700
-    hidden.mkdir(parents=True)
-    os.chown(hidden, NOBODY, NOBODY)
+    hidden = tmp_path / "docs"
+    hidden.mkdir(mode=0o700)  # root's alone
     with pytest.raises(UserError, match=r"vms\.t\.sharedDirectories\.docs: virtiofsd runs as "
-                                        r"the VM's unprivileged ids and cannot reach .*chmod o\+x"):
+                                        r"the VM's unprivileged ids and cannot read .*0700.*"
+                                        r"chmod o\+rx"):
         runner.start(found, share_of(hidden), Virtiofs(), MAPS, runtime, None, tmp_path / "l")
     assert not (runtime.path / "virtiofs-docs").exists()
+
+
+def test_the_folders_above_a_share_need_not_be_searchable(
+    found: virtiofsd.Virtiofsd, runtime: Dir, tmp_path: Path
+) -> None:
+    """virtiofsd gets the directory as a mount, not by path: a share of the user's in a
+    folder only root may pass (pytest's tmp_path is root's, mode 0700) is served."""
+    docs = tmp_path / "private" / "docs"
+    docs.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    os.chown(docs, NOBODY, NOBODY)
+    running = runner.start(found, share_of(docs), Virtiofs(), MAPS, runtime, None,
+                           tmp_path / "l")  # fmt: skip
+    try:
+        assert running.process is not None and running.process.poll() is None
+    finally:
+        runner.stop(running)

@@ -134,7 +134,7 @@ MAPS = IdMaps(uids=guest_id_map(3, 65534), gids=guest_id_map(3, 65534))
 
 
 @pytest.mark.parametrize("found", [QEMU, RUST])
-def test_the_launcher_gets_the_maps_limits_and_a_readonly_bind_for_both_flavours(
+def test_the_launcher_gets_the_maps_limits_the_share_and_readonly_for_both_flavours(
     found: Virtiofsd,
 ) -> None:
     share = Share(
@@ -144,8 +144,8 @@ def test_the_launcher_gets_the_maps_limits_and_a_readonly_bind_for_both_flavours
         SharedDirectory(path="/srv/docs", readonly=True),
         "vms.a.sharedDirectories.docs",
     )
-    program = command(found, share.options, Virtiofs(), source="/srv/docs", fd=3)
-    argv = launch_command(share, MAPS, program, python="/usr/bin/python3")
+    program = command(found, share.options, Virtiofs(), source=userns.SOURCE, fd=3)
+    argv = launch_command(share, MAPS, program, python="/usr/bin/python3", source_fd=4)
     b = 0x50000000 + 3 * 0x10000
     assert argv[:3] == ["/usr/bin/python3", "-m", "vmsilo.shares.userns"]
     separator = argv.index("--")
@@ -156,24 +156,29 @@ def test_the_launcher_gets_the_maps_limits_and_a_readonly_bind_for_both_flavours
         "--capabilities=" + ",".join(CAPABILITIES),
         f"--uid-map=0:{b}:1000", "--uid-map=1000:65534:1", f"--uid-map=1001:{b + 1001}:64534",
         f"--gid-map=0:{b}:1000", "--gid-map=1000:65534:1", f"--gid-map=1001:{b + 1001}:64534",
-        "--readonly=/srv/docs",
+        "--source-fd=4", "--readonly",
     ]  # fmt: skip
+    # virtiofsd is given the launcher's fixed mount point, never the share's host path.
+    assert not any("/srv/docs" in a for a in argv)
     writable = Share("d", Path("/srv/d"), "/mnt/d", SharedDirectory(path="/srv/d"), "x")
-    argv = launch_command(writable, MAPS, program)
-    assert not any(a.startswith("--readonly") for a in argv[: argv.index("--")])
+    argv = launch_command(writable, MAPS, program, source_fd=4)
+    assert argv[argv.index("--") - 1] == "--source-fd=4"
 
 
 def test_the_launcher_parses_its_own_argv_back() -> None:
     argv = userns.command("py", MAPS.uids, MAPS.gids, nofile=4096, capabilities=CAPABILITIES,
-                          readonly=Path("/srv/docs"), program=["/bin/true", "--x"])  # fmt: skip
+                          source_fd=5, readonly=True, program=["/bin/true", "--x"])  # fmt: skip
     args = userns.parse(argv[3:])
     assert args.program == ["/bin/true", "--x"]
     assert [userns._map_line(v) for v in args.uid_map] == list(MAPS.uids)
-    assert (args.nofile, args.readonly) == (4096, "/srv/docs")
+    assert (args.nofile, args.source_fd, args.readonly) == (4096, 5, True)
     assert args.capabilities.split(",") == list(CAPABILITIES)
 
 
 def test_the_launcher_refuses_unknown_capabilities() -> None:
     with pytest.raises(ValueError, match="unknown capabilities: net_admin"):
         userns.command("py", MAPS.uids, MAPS.gids, nofile=1, capabilities=["net_admin"],
-                       readonly=None, program=["x"])  # fmt: skip
+                       source_fd=None, readonly=False, program=["x"])  # fmt: skip
+    with pytest.raises(ValueError, match="readonly needs a source descriptor"):
+        userns.command("py", MAPS.uids, MAPS.gids, nofile=1, capabilities=CAPABILITIES,
+                       source_fd=None, readonly=True, program=["x"])  # fmt: skip
