@@ -69,7 +69,8 @@ def faults(test_image: None) -> Iterator[RunningDaemon]:
     d = RunningDaemon(FAULT_CONFIG, extra_env={"VMSILO_AGENT_TIMEOUT": "45"})
     state = d.root / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(state)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(state)],
+                   check=True)
     d.start()
     try:
         yield d
