@@ -22,6 +22,7 @@ from rich.console import Console
 from tests.support.dbus import start_bus
 
 from bench.common import Comparison, Sample, print_comparisons
+from vmsilo.dbusproxy import sig
 from vmsilo.dbusproxy.guest import GuestProxy
 from vmsilo.dbusproxy.host import HostProxy
 from vmsilo.protocol.dbusproxy import RateLimit
@@ -38,8 +39,8 @@ class CountingServer(ServiceInterface):
         self.done = asyncio.Event()
 
     @method()
-    def Notify(self, app: "s", replaces: "u", icon: "s", summary: "s", body: "s",
-               actions: "as", hints: "a{sv}", timeout: "i") -> "u":
+    def Notify(self, app: sig.S, replaces: sig.U, icon: sig.S, summary: sig.S, body: sig.S,
+               actions: sig.AS, hints: sig.HINTS, timeout: sig.I) -> sig.U:
         self.count += 1
         if self.count >= self.target:
             self.done.set()

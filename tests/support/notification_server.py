@@ -13,6 +13,8 @@ import sys
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.service import ServiceInterface, method, signal
 
+from vmsilo.dbusproxy import sig
+
 
 class Server(ServiceInterface):
     def __init__(self, output: str) -> None:
@@ -21,8 +23,8 @@ class Server(ServiceInterface):
         self.next_id = 100
 
     @method()
-    def Notify(self, app: "s", replaces: "u", icon: "s", summary: "s", body: "s",
-               actions: "as", hints: "a{sv}", timeout: "i") -> "u":
+    def Notify(self, app: sig.S, replaces: sig.U, icon: sig.S, summary: sig.S, body: sig.S,
+               actions: sig.AS, hints: sig.HINTS, timeout: sig.I) -> sig.U:
         self.next_id += 1
         with open(self.output, "a") as out:
             out.write(json.dumps({"id": self.next_id, "app": app, "summary": summary,
@@ -33,15 +35,15 @@ class Server(ServiceInterface):
         return self.next_id
 
     @method()
-    def CloseNotification(self, nid: "u"):
+    def CloseNotification(self, nid: sig.U):
         pass
 
     @method()
-    def GetCapabilities(self) -> "as":
+    def GetCapabilities(self) -> sig.AS:
         return ["actions", "body"]
 
     @signal()
-    def ActionInvoked(self, nid: int, key: str) -> "us":
+    def ActionInvoked(self, nid: int, key: str) -> sig.US:
         return [nid, key]
 
 

@@ -5,18 +5,23 @@ host's StatusNotifierWatcher): title and tooltip carry ``[<vm>]``, icons are the
 pixmaps framed in the VM's colour (never a guest-chosen theme icon name, which could borrow a
 trusted host icon), and the menu is mirrored as com.canonical.dbusmenu. Activate, scroll,
 context-menu and menu clicks go back to the guest. Guest notifications are re-sent to the
-host's notification server with ``[<vm>]`` in the app name and summary and the body's markup
-escaped (shown literally, never interpreted); actions and closes come back.
+host's notification server with ``[<vm>]`` in the app name and summary; the body is plain text
+encoded for the server (escaped only if its GetCapabilities has ``body-markup``, so it is
+shown literally either way); actions (opaque keys) and closes come back.
 
-Everything from the guest passes ``protocol.dbusproxy.decode_from_guest`` and a rate limit
-first; any violation closes this VM's proxy (logged with the VM's name).
+Every guest string shown on the host is cleaned first (``wire.one_line``: no newline, control,
+bidi or format character, so nothing after "[<vm>] " can start a line of its own that says
+"[banking]"; bodies and tooltip texts line by line with ``wire.body_text``).
+
+Everything from the guest passes ``protocol.dbusproxy.decode_from_guest``; a violation closes
+this connection (logged with the VM's name; ``host_main`` connects again later). Volume is no
+violation: over the rate limits, notifications are dropped and tray updates coalesced (the
+latest one per item is applied when the rate allows), counted in the log every
+``SHED_LOG_SECONDS``; reading itself is paced so a flood costs bounded CPU.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import os
 import time
@@ -31,6 +36,7 @@ from dbus_next.service import ServiceInterface, dbus_property, method, signal
 from dbus_next.signature import Variant
 
 from vmsilo.dbusproxy import bus as bus_calls
+from vmsilo.dbusproxy import sig
 from vmsilo.protocol import dbusproxy as wire
 from vmsilo.protocol.dbusproxy import (
     ItemAdd,
@@ -54,7 +60,11 @@ NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 ITEM_PATH = "/StatusNotifierItem"
 MENU_PATH = "/MenuBar"
 PLACEHOLDER_SIDE = 22
-EARLY_SIGNALS = 64
+EARLY_SIGNALS = 64  # signals kept for host ids not known yet, only while a Notify is pending
+READ_RATE, READ_BURST = 2000.0, 2000  # frames a second read at most (backpressure, no loss)
+TRAY_RATE, TRAY_BURST = 20.0, 100  # tray changes a second applied at most (rest coalesced)
+SHED_LOG_SECONDS = 10.0
+CAPABILITIES_SECONDS = 30.0  # how long the server's capabilities are believed
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -110,60 +120,61 @@ class TrayItem(ServiceInterface):
         return tuple(framed(p, rgb) for p in self.props.pixmaps) or (placeholder(rgb),)
 
     @dbus_property(access=PropertyAccess.READ)
-    def Category(self) -> "s":
+    def Category(self) -> sig.S:
         return self.props.category
 
     @dbus_property(access=PropertyAccess.READ)
-    def Id(self) -> "s":
+    def Id(self) -> sig.S:
         return f"vmsilo-{self.proxy.vm}-{self.item}"
 
     @dbus_property(access=PropertyAccess.READ)
-    def Title(self) -> "s":
-        return self.proxy.label(self.props.title)
+    def Title(self) -> sig.S:
+        return self.proxy.label(wire.one_line(self.props.title, wire.MAX_TITLE))
 
     @dbus_property(access=PropertyAccess.READ)
-    def Status(self) -> "s":
+    def Status(self) -> sig.S:
         return self.props.status
 
     @dbus_property(access=PropertyAccess.READ)
-    def WindowId(self) -> "i":
+    def WindowId(self) -> sig.I:
         return 0
 
     @dbus_property(access=PropertyAccess.READ)
-    def IconName(self) -> "s":
+    def IconName(self) -> sig.S:
         return ""  # never a guest-chosen host theme icon
 
     @dbus_property(access=PropertyAccess.READ)
-    def IconPixmap(self) -> "a(iiay)":
+    def IconPixmap(self) -> sig.PIXMAPS:
         return _pixmaps_wire(self._icons())
 
     @dbus_property(access=PropertyAccess.READ)
-    def ToolTip(self) -> "(sa(iiay)ss)":
-        title = self.props.tooltip_title or self.props.title
-        return ["", [], self.proxy.label(title), self.props.tooltip_text]
+    def ToolTip(self) -> sig.TOOLTIP:
+        title = wire.one_line(self.props.tooltip_title or self.props.title, wire.MAX_TITLE)
+        return ["", [], self.proxy.label(title),
+                wire.body_text(self.props.tooltip_text, wire.MAX_TOOLTIP)]
 
     @dbus_property(access=PropertyAccess.READ)
-    def ItemIsMenu(self) -> "b":
+    def ItemIsMenu(self) -> sig.B:
         return False
 
     @dbus_property(access=PropertyAccess.READ)
-    def Menu(self) -> "o":
+    def Menu(self) -> sig.O:
         return MENU_PATH if self.props.has_menu else "/NO_DBUSMENU"
 
     @method()
-    def Activate(self, x: "i", y: "i"):
+    def Activate(self, x: sig.I, y: sig.I):
         self.proxy.send(wire.activate(self.item, x, y))
 
     @method()
-    def SecondaryActivate(self, x: "i", y: "i"):
+    def SecondaryActivate(self, x: sig.I, y: sig.I):
         self.proxy.send(wire.activate(self.item, x, y, secondary=True))
 
     @method()
-    def ContextMenu(self, x: "i", y: "i"):
+    def ContextMenu(self, x: sig.I, y: sig.I):
         self.proxy.send(wire.context_menu(self.item, x, y))
 
     @method()
-    def Scroll(self, delta: "i", orientation: "s"):
+    def Scroll(self, delta: sig.I, orientation: sig.S):
         direction = orientation.lower() if orientation.lower() in wire.ORIENTATIONS else "vertical"
         self.proxy.send(wire.scroll(self.item, delta, direction))
 
@@ -180,12 +191,13 @@ class TrayItem(ServiceInterface):
         pass
 
     @signal()
-    def NewStatus(self, status: str) -> "s":
+    def NewStatus(self, status: str) -> sig.S:
         return status
 
 
 def _menu_props(node: MenuNode) -> dict[str, Variant]:
-    props = {"label": Variant("s", node.label), "enabled": Variant("b", node.enabled),
+    props = {"label": Variant("s", wire.one_line(node.label, wire.MAX_LABEL)),
+             "enabled": Variant("b", node.enabled),
              "visible": Variant("b", node.visible)}  # fmt: skip
     if node.type == "separator":
         props["type"] = Variant("s", "separator")
@@ -229,58 +241,58 @@ class MirroredMenu(ServiceInterface):
         self.LayoutUpdated(self.revision, 0)
 
     @method()
-    def GetLayout(self, parent: "i", depth: "i", names: "as") -> "u(ia{sv}av)":
+    def GetLayout(self, parent: sig.I, depth: sig.I, names: sig.AS) -> sig.LAYOUT:
         node = _find(self.root, parent) or self.root
         return [self.revision, _layout(node, depth if depth >= 0 else wire.MAX_MENU_DEPTH + 1)]
 
     @method()
-    def GetGroupProperties(self, ids: "ai", names: "as") -> "a(ia{sv})":
+    def GetGroupProperties(self, ids: sig.AI, names: sig.AS) -> sig.GROUP_PROPERTIES:
         found = [(_find(self.root, i), i) for i in ids]
         return [[i, _menu_props(node)] for node, i in found if node is not None]
 
     @method()
-    def GetProperty(self, node_id: "i", name: "s") -> "v":
+    def GetProperty(self, node_id: sig.I, name: sig.S) -> sig.V:
         node = _find(self.root, node_id)
         props = _menu_props(node) if node is not None else {}
         return props.get(name, Variant("s", ""))
 
     @method()
-    def Event(self, node_id: "i", event: "s", data: "v", timestamp: "u"):
+    def Event(self, node_id: sig.I, event: sig.S, data: sig.V, timestamp: sig.U):
         if event == "clicked" and _find(self.root, node_id) is not None:
             self.proxy.send(wire.menu_event(self.item, node_id, "clicked"))
 
     @method()
-    def EventGroup(self, events: "a(isvu)") -> "ai":
+    def EventGroup(self, events: sig.EVENTS) -> sig.AI:
         for node_id, event, data, timestamp in events:
             self.Event(node_id, event, data, timestamp)
         return []
 
     @method()
-    def AboutToShow(self, node_id: "i") -> "b":
+    def AboutToShow(self, node_id: sig.I) -> sig.B:
         return False
 
     @method()
-    def AboutToShowGroup(self, ids: "ai") -> "aiai":
+    def AboutToShowGroup(self, ids: sig.AI) -> sig.AIAI:
         return [[], []]
 
     @dbus_property(access=PropertyAccess.READ)
-    def Version(self) -> "u":
+    def Version(self) -> sig.U:
         return 3
 
     @dbus_property(access=PropertyAccess.READ)
-    def TextDirection(self) -> "s":
+    def TextDirection(self) -> sig.S:
         return "ltr"
 
     @dbus_property(access=PropertyAccess.READ)
-    def Status(self) -> "s":
+    def Status(self) -> sig.S:
         return "normal"
 
     @dbus_property(access=PropertyAccess.READ)
-    def IconThemePath(self) -> "as":
+    def IconThemePath(self) -> sig.AS:
         return []
 
     @signal()
-    def LayoutUpdated(self, revision: int, parent: int) -> "ui":
+    def LayoutUpdated(self, revision: int, parent: int) -> sig.UI:
         return [revision, parent]
 
 
@@ -293,6 +305,19 @@ class _Item:
 
 
 @dataclass
+class Shed:
+    """What was shed since the last log line: notifications dropped, tray changes coalesced
+    (superseded by a later one before they were applied)."""
+
+    notifications: int = 0
+    tray: int = 0
+    since: float = 0.0
+
+    def any(self) -> bool:
+        return bool(self.notifications or self.tray)
+
+
+@dataclass
 class HostProxy:
     vm: str
     colour: tuple[int, int, int]
@@ -301,13 +326,24 @@ class HostProxy:
     writer: asyncio.StreamWriter
     tray: bool = True
     notifications: bool = True
-    rate: wire.RateLimit = field(default_factory=wire.RateLimit)
+    rate: wire.RateLimit = field(default_factory=wire.RateLimit)  # notifications
+    tray_rate: wire.RateLimit = field(
+        default_factory=lambda: wire.RateLimit(TRAY_RATE, TRAY_BURST))
+    read_rate: wire.RateLimit = field(
+        default_factory=lambda: wire.RateLimit(READ_RATE, READ_BURST))
     items: dict[str, _Item] = field(default_factory=dict)
     host_ids: dict[int, int] = field(default_factory=dict)  # guest notification id -> host id
     guest_ids: dict[int, int] = field(default_factory=dict)
     early: dict[int, list[Any]] = field(default_factory=dict)  # signals before their id
+    shed: Shed = field(default_factory=Shed)
     _bus: MessageBus | None = None
     _counter: int = 0
+    _pending_notify: int = 0
+    _markup: tuple[float, bool] | None = None  # (when asked, body-markup?)
+    # Tray changes over the rate, latest per item, applied by _flush_tray.
+    _deferred: dict[str, ItemUpdate] = field(default_factory=dict)
+    _deferred_menus: dict[str, MenuLayout] = field(default_factory=dict)
+    _flush: asyncio.Task[None] | None = None
     violation: str | None = None
 
     def label(self, text: str) -> str:
@@ -320,9 +356,11 @@ class HostProxy:
     async def run(self) -> None:
         """Serve until the guest disconnects or breaks the protocol."""
         self._bus = await MessageBus(bus_address=self.bus_address).connect()
+        self.shed.since = time.monotonic()
         if self.notifications:
             self._bus.add_message_handler(self._on_host_signal)
-            await self._add_match(f"type='signal',interface='{NOTIFICATIONS}'")
+            await self._add_match(f"type='signal',sender='{NOTIFICATIONS}',"
+                                  f"interface='{NOTIFICATIONS}'")
         try:
             while True:
                 try:
@@ -331,9 +369,14 @@ class HostProxy:
                     if exc.partial:  # cut off inside a frame
                         raise ProtocolViolation("the guest hung up inside a frame") from None
                     return  # the guest went away
-                if not self.rate.allow(time.monotonic()):
-                    raise ProtocolViolation("more messages than the rate limit allows")
                 await self._handle(wire.decode_from_guest(frame))
+                self._log_shed(time.monotonic())
+                # Pacing the reads pushes back on the guest through the stream (it waits to
+                # write): a flood costs this process bounded CPU, and nothing is lost by it.
+                pause = self.read_rate.wait(time.monotonic())
+                if pause:
+                    await asyncio.sleep(pause)
+                self.read_rate.allow(time.monotonic())
         except ProtocolViolation as exc:
             self.violation = str(exc)
             log.warning("VM %s: D-Bus proxy: protocol violation, disconnecting: %s", self.vm,
@@ -342,6 +385,10 @@ class HostProxy:
             await self.close()
 
     async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._log_shed(time.monotonic(), force=True)
         for item in list(self.items.values()):
             item.bus.disconnect()
         self.items.clear()
@@ -352,6 +399,15 @@ class HostProxy:
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
 
+    def _log_shed(self, now: float, *, force: bool = False) -> None:
+        if self.shed.any() and (force or now - self.shed.since >= SHED_LOG_SECONDS):
+            log.warning("VM %s: D-Bus proxy: over the rate limit for %.0f s: dropped %d "
+                        "notifications, coalesced %d tray updates", self.vm,
+                        now - self.shed.since, self.shed.notifications, self.shed.tray)
+            self.shed = Shed(since=now)
+        elif not self.shed.any():
+            self.shed.since = now
+
     async def _add_match(self, rule: str) -> None:
         assert self._bus is not None
         await bus_calls.add_match(self._bus, rule)
@@ -360,28 +416,78 @@ class HostProxy:
 
     async def _handle(self, message: wire.FromGuest) -> None:
         if isinstance(message, ItemAdd | ItemUpdate | ItemRemove | MenuLayout):
-            if not self.tray:
-                return
-            if isinstance(message, ItemRemove):
-                gone = self.items.pop(message.item, None)
-                if gone is not None:
-                    gone.bus.disconnect()
-            elif isinstance(message, MenuLayout):
-                item = self.items.get(message.item)
-                if item is None:
-                    raise ProtocolViolation(f"menu for unknown item {message.item!r}")
-                item.menu.replace(message.root)
-            elif message.item in self.items:
-                self.items[message.item].service.update(message.props)
-            elif isinstance(message, ItemUpdate):
-                raise ProtocolViolation(f"update of unknown item {message.item!r}")
-            else:
-                await self._add_item(message)
+            if self.tray:
+                await self._tray(message)
         elif self.notifications:
-            if isinstance(message, Notify):
+            if not self.rate.allow(time.monotonic()):
+                self.shed.notifications += 1
+            elif isinstance(message, Notify):
                 await self._notify(message)
             elif isinstance(message, NotifyClose):
                 await self._close_notification(message.nid)
+
+    async def _tray(self, message: ItemAdd | ItemUpdate | ItemRemove | MenuLayout) -> None:
+        """Apply a tray change, or keep it for _flush_tray when over the tray rate.
+
+        Adding and removing are always applied (the host's items must match the guest's, or a
+        later update would name an unknown item); they are paced by taking a token, waiting
+        for it if need be. Updates and menus over the rate wait, latest per item."""
+        if isinstance(message, ItemAdd | ItemRemove):
+            self._drop_deferred(message.item)
+            pause = self.tray_rate.wait(time.monotonic())
+            if pause:
+                await asyncio.sleep(pause)
+            self.tray_rate.allow(time.monotonic())
+            await self._apply_tray(message)
+            return
+        if message.item not in self.items:  # checked now, not when applied
+            what = "menu" if isinstance(message, MenuLayout) else "update"
+            raise ProtocolViolation(f"{what} of unknown item {message.item!r}")
+        pending: dict[str, Any] = (
+            self._deferred_menus if isinstance(message, MenuLayout) else self._deferred)
+        if message.item not in pending and self.tray_rate.allow(time.monotonic()):
+            await self._apply_tray(message)
+            return
+        if message.item in pending:
+            self.shed.tray += 1
+        pending[message.item] = message
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._flush_tray())
+
+    def _drop_deferred(self, item: str) -> None:
+        if self._deferred.pop(item, None) is not None:
+            self.shed.tray += 1
+        if self._deferred_menus.pop(item, None) is not None:
+            self.shed.tray += 1
+
+    async def _flush_tray(self) -> None:
+        """Apply the deferred tray changes one per token, oldest item first."""
+        while self._deferred or self._deferred_menus:
+            await asyncio.sleep(max(self.tray_rate.wait(time.monotonic()), 0.001))
+            if not self.tray_rate.allow(time.monotonic()):
+                continue
+            pending: dict[str, Any] = self._deferred or self._deferred_menus
+            item = next(iter(pending))
+            message = pending.pop(item)
+            if item in self.items:
+                await self._apply_tray(message)
+
+    async def _apply_tray(self, message: ItemAdd | ItemUpdate | ItemRemove | MenuLayout) -> None:
+        if isinstance(message, ItemRemove):
+            gone = self.items.pop(message.item, None)
+            if gone is not None:
+                gone.bus.disconnect()
+        elif isinstance(message, MenuLayout):
+            item = self.items.get(message.item)
+            if item is None:
+                raise ProtocolViolation(f"menu for unknown item {message.item!r}")
+            item.menu.replace(message.root)
+        elif message.item in self.items:
+            self.items[message.item].service.update(message.props)
+        elif isinstance(message, ItemUpdate):
+            raise ProtocolViolation(f"update of unknown item {message.item!r}")
+        else:
+            await self._add_item(message)
 
     async def _add_item(self, message: ItemAdd) -> None:
         if len(self.items) >= wire.MAX_ITEMS:
@@ -405,24 +511,52 @@ class HostProxy:
         return await bus_calls.call(self._bus, destination, path, interface, member,
                                     signature, body)
 
+    async def _server_markup(self) -> bool:
+        """Whether the host's notification server interprets body markup (its
+        GetCapabilities lists ``body-markup``), asked again every CAPABILITIES_SECONDS (the
+        desktop may restart its server). If it cannot be asked, markup is assumed: the
+        escaped form is then shown literally at worst, never interpreted."""
+        now = time.monotonic()
+        if self._markup is None or now - self._markup[0] > CAPABILITIES_SECONDS:
+            try:
+                (capabilities,) = await self._call(NOTIFICATIONS, NOTIFICATIONS_PATH,
+                                                   NOTIFICATIONS, "GetCapabilities", "", [])
+                markup = isinstance(capabilities, list) and "body-markup" in capabilities
+            except (DBusError, ValueError):
+                markup = True
+            self._markup = (now, markup)
+        return self._markup[1]
+
     async def _notify(self, message: Notify) -> None:
         actions: list[str] = []
         for key, label in message.actions:
-            actions += [key, label]
+            actions += [key, wire.one_line(label, wire.MAX_LABEL)]
         replaces = self.host_ids.get(message.nid, 0)
+        body = wire.notification_body(wire.body_text(message.body),
+                                      markup=await self._server_markup())
+        self._pending_notify += 1
         try:
             (host_id,) = await self._call(
                 NOTIFICATIONS, NOTIFICATIONS_PATH, NOTIFICATIONS, "Notify", "susssasa{sv}i",
-                [self.label(message.app), replaces, "", self.label(message.summary),
-                 html.escape(message.body, quote=False), actions,
+                [self.label(wire.one_line(message.app, wire.MAX_APP)), replaces, "",
+                 self.label(wire.one_line(message.summary, wire.MAX_SUMMARY)), body, actions,
                  {"urgency": Variant("y", message.urgency)}, message.timeout_ms])
-        except DBusError as exc:
+        except (DBusError, ValueError) as exc:
             log.info("VM %s: host notification server refused: %s", self.vm, exc)
+            return
+        finally:
+            self._pending_notify -= 1
+        if not isinstance(host_id, int):
             return
         self.host_ids[message.nid] = host_id
         self.guest_ids[host_id] = message.nid
         for early in self.early.pop(host_id, []):
             self._forward_signal(early, host_id, message.nid)
+        if not self._pending_notify:
+            # The server's signals for an id come before its reply to the Notify that made it
+            # (one sender, one connection: D-Bus keeps the order). With no call of ours
+            # pending, what is still kept belongs to other programs' notifications.
+            self.early.clear()
 
     async def _close_notification(self, nid: int) -> None:
         host_id = self.host_ids.get(nid)
@@ -439,20 +573,27 @@ class HostProxy:
         host_id = msg.body[0]
         nid = self.guest_ids.get(host_id)
         if nid is None:
-            # The server may signal before our Notify call's reply has been handled: keep a
-            # few such signals until the id is known (see _notify).
-            if isinstance(host_id, int) and len(self.early) < EARLY_SIGNALS:
-                self.early.setdefault(host_id, []).append(msg)
+            # The server may signal before our Notify call's reply has been handled: while a
+            # call is pending, keep the latest few such signals (oldest dropped first) until
+            # the id is known (see _notify). Other programs' ids never fill it for good.
+            if isinstance(host_id, int) and self._pending_notify:
+                if host_id not in self.early and len(self.early) >= EARLY_SIGNALS:
+                    del self.early[next(iter(self.early))]
+                signals = self.early.setdefault(host_id, [])
+                if len(signals) < 4:
+                    signals.append(msg)
             return False
         self._forward_signal(msg, host_id, nid)
         return False
 
     def _forward_signal(self, msg: Any, host_id: int, nid: int) -> None:
         if msg.member == "ActionInvoked" and len(msg.body) == 2:
-            key = str(msg.body[1])
-            if wire.ID_RE.match(key):
+            key = msg.body[1]
+            if wire.is_action_key(key):
                 self.send(wire.action_invoked(nid, key))
         elif msg.member == "NotificationClosed" and len(msg.body) == 2:
-            self.send(wire.closed(nid, int(msg.body[1]) if 1 <= int(msg.body[1]) <= 4 else 4))
+            reason = msg.body[1]
+            self.send(wire.closed(nid, reason if isinstance(reason, int)
+                                  and 1 <= reason <= 4 else 4))
             self.guest_ids.pop(host_id, None)
             self.host_ids.pop(nid, None)

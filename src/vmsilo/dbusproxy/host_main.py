@@ -2,8 +2,11 @@
 (as the desktop user, sandboxed, on that user's session bus). Its streams to guest port 5001
 come from its stream broker (``--broker-fd``, ``vmsilo.protocol.broker``); while the guest
 half is not up yet (the guest is still booting) it asks again. It ends when vmsilod closes
-the broker (the VM stops) or sends SIGTERM. A protocol violation ends it: the VM's proxy stays
-down until the VM restarts, and the reason is in the log.
+the broker (the VM stops) or sends SIGTERM. A protocol violation ends that connection (the
+reason is in the log); it connects again after a pause that doubles with each violation in a
+row (RETRY_SECONDS up to VIOLATION_BACKOFF_MAX), so a guest that keeps breaking the protocol
+costs little, and one that broke it once (or had a burst shed) gets its proxy back. The guest
+half re-announces its tray items to each new connection.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from vmsilo.dbusproxy.host import HostProxy
@@ -21,6 +25,7 @@ from vmsilo.protocol.dbusproxy import PORT
 from vmsilo.protocol.errors import ProtocolError
 
 RETRY_SECONDS = 2.0
+VIOLATION_BACKOFF_MAX = 300.0
 
 log = logging.getLogger("vmsilo-dbus-proxy")
 
@@ -32,6 +37,7 @@ async def serve(args: argparse.Namespace) -> int:
     assert this is not None
     # As the sandbox's PID 1 it gets no default action for SIGTERM: it must handle it.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)
+    violations = 0
     try:
         while True:
             try:
@@ -44,10 +50,19 @@ async def serve(args: argparse.Namespace) -> int:
             proxy = HostProxy(args.vm, (colour[0], colour[1], colour[2]), args.bus, reader,
                               writer, tray=args.tray, notifications=args.notifications)
             log.info("VM %s: D-Bus proxy connected", args.vm)
+            began = time.monotonic()
             await proxy.run()
-            if proxy.violation is not None:
-                return 1
-            await asyncio.sleep(RETRY_SECONDS)  # the guest half restarted, or the VM stops
+            if time.monotonic() - began > VIOLATION_BACKOFF_MAX:
+                violations = 0  # a long good run in between: not "in a row"
+            if proxy.violation is None:
+                violations = 0
+                await asyncio.sleep(RETRY_SECONDS)  # the guest half restarted, or the VM stops
+                continue
+            violations += 1
+            pause = min(RETRY_SECONDS * 2 ** min(violations, 16), VIOLATION_BACKOFF_MAX)
+            log.warning("VM %s: D-Bus proxy: connecting again in %.0f s (violation %d in a "
+                        "row)", args.vm, pause, violations)
+            await asyncio.sleep(pause)
     except BrokerClosedError:
         log.info("VM %s: vmsilod closed the broker; the D-Bus proxy ends", args.vm)
         return 0

@@ -5,9 +5,18 @@ A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, one obj
 ``"t"`` (type) field. Both halves use ``encode``; the host half treats everything from the
 guest as hostile and turns it into typed values with ``decode_from_guest``, which checks every
 field right after decoding — types, lengths, identifier shapes, icon sizes and counts, menu
-depth and size — and raises ``ProtocolViolation`` on the first problem; the host then
-disconnects that VM's proxy. JSON (no pickle, no eval) keeps the decoder small; binary icon
-data travels as base64. Stdlib only: the guest half imports it too.
+depth and size, strings that are not Unicode scalar values (a lone surrogate such as
+``"\\ud800"`` in the JSON) — and raises ``ProtocolViolation`` on the first problem; the host
+then disconnects that VM's proxy and connects again later. Volume alone is no violation: the
+host half sheds what is over its rate (see ``RateLimit``) and the guest half paces itself.
+
+Strings are carried as they are (within limits); where they land they are encoded for that
+place: ``one_line`` and ``body_text`` clean them for display, and the host half encodes a body
+for its notification server's markup (``notification_body``). Action keys are opaque tokens
+(GLib's ``app.reply('x')`` as much as ``default``), only bounded in size.
+
+JSON (no pickle, no eval) keeps the decoder small; binary icon data travels as base64. Stdlib
+only (with ``vmsilo.protocol.text``): the guest half imports it too.
 """
 
 from __future__ import annotations
@@ -15,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import html
 import json
 import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from vmsilo.protocol.text import clean_display_text
 
 PORT = 5001
 HEADER = struct.Struct(">I")
@@ -40,7 +52,9 @@ MAX_MENU_DEPTH = 8
 MAX_MENU_NODES = 512
 MAX_ITEMS = 32  # tray items one VM may show at once (enforced by the host half)
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
-ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_ACTION_KEY = 256
+# Used with fullmatch only: "$" would accept a trailing newline.
+ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 STATUSES = ("Passive", "Active", "NeedsAttention")
 CATEGORIES = ("ApplicationStatus", "Communications", "SystemServices", "Hardware")
 ORIENTATIONS = ("horizontal", "vertical")
@@ -48,6 +62,47 @@ MENU_TYPES = ("standard", "separator")
 TOGGLE_TYPES = ("", "checkmark", "radio")
 # Control characters other than tab and newline have no business in a title or a body.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def is_identifier(value: object) -> bool:
+    """Whether ``value`` is an item identifier: 1-64 of ``A-Za-z0-9_.:-``, nothing after."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def is_action_key(value: object) -> bool:
+    """Whether ``value`` can be carried as a notification action key: any string of Unicode
+    scalar values, without NUL (D-Bus strings cannot hold it), of at most MAX_ACTION_KEY
+    characters. Keys are opaque: never shown, only handed back."""
+    return (isinstance(value, str) and len(value) <= MAX_ACTION_KEY and "\0" not in value
+            and SURROGATES.search(value) is None)
+
+
+def one_line(untrusted: str, max_len: int) -> str:
+    """``untrusted`` as one line of display text for the host desktop (tray title, tooltip
+    title, app name, summary, menu and action labels): ``vmsilo.protocol.text``'s cleaning (no
+    newline, control, bidi or other format characters), at most ``max_len`` characters."""
+    return clean_display_text(untrusted, max_len=max_len)
+
+
+def body_text(untrusted: str, max_len: int = MAX_BODY) -> str:
+    """A notification body or tooltip text for display: lines kept, each line cleaned as
+    ``one_line`` (so no bidi override or format character survives), at most ``max_len``
+    characters in all."""
+    lines = untrusted.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(clean_display_text(line, max_len=max_len) for line in lines)[:max_len]
+
+
+def notification_body(text: str, *, markup: bool) -> str:
+    """``text`` (plain text) encoded for a notification server: escaped as XML character data
+    when the server interprets body markup (it advertises ``body-markup`` in
+    GetCapabilities, Desktop Notifications Specification 1.2 "Markup"), as it is otherwise."""
+    return html.escape(text, quote=False) if markup else text
+
+
+def unescape_body(encoded: str, *, markup: bool) -> str:
+    """The inverse of ``notification_body`` (what a markup server shows)."""
+    return html.unescape(encoded) if markup else encoded
 
 
 class ProtocolViolation(ValueError):  # noqa: N818 - a violation, named as the spec says
@@ -237,6 +292,8 @@ def _str(untrusted: Mapping[str, Any], key: str, limit: int, *, default: str | N
         raise ProtocolViolation(f"{key} is not a string")
     if len(value) > limit:
         raise ProtocolViolation(f"{key} is longer than {limit} characters")
+    if SURROGATES.search(value):
+        raise ProtocolViolation(f"{key} is not valid Unicode (a lone surrogate)")
     if text and CONTROL_CHARS.search(value):
         raise ProtocolViolation(f"{key} contains control characters")
     return value
@@ -266,9 +323,9 @@ def _one_of(untrusted: Mapping[str, Any], key: str, choices: tuple[str, ...], de
 
 def _item_id(untrusted: Mapping[str, Any]) -> str:
     value = untrusted.get("id")
-    if not isinstance(value, str) or not ID_RE.match(value):
+    if not is_identifier(value):
         raise ProtocolViolation("id is not an item identifier")
-    return value
+    return str(value)
 
 
 def _object(untrusted: object, what: str) -> Mapping[str, Any]:
@@ -341,8 +398,12 @@ def _actions(untrusted: object) -> tuple[tuple[str, str], ...]:
                 or not all(isinstance(part, str) for part in pair)):
             raise ProtocolViolation("an action is not a [key, label] pair")
         key, label = pair
-        if not ID_RE.match(key) or len(label) > MAX_LABEL or CONTROL_CHARS.search(label):
-            raise ProtocolViolation("an action key or label is malformed")
+        if not is_action_key(key):
+            raise ProtocolViolation(f"an action key is longer than {MAX_ACTION_KEY} characters,"
+                                    " holds NUL or is not valid Unicode")
+        if (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)
+                or SURROGATES.search(label)):
+            raise ProtocolViolation("an action label is malformed")
         actions.append((key, label))
     return tuple(actions)
 
@@ -406,9 +467,9 @@ def decode_from_host(untrusted: Mapping[str, Any]) -> FromHost:
                                                            "closed"), "clicked"))
     if kind == "action":
         key = untrusted.get("key")
-        if not isinstance(key, str) or not ID_RE.match(key):
+        if not is_action_key(key):
             raise ProtocolViolation("key is not an action key")
-        return FromHost("action", nid=_int(untrusted, "nid", 1, 2**32 - 1), key=key)
+        return FromHost("action", nid=_int(untrusted, "nid", 1, 2**32 - 1), key=str(key))
     if kind == "closed":
         return FromHost("closed", nid=_int(untrusted, "nid", 1, 2**32 - 1),
                         reason=_int(untrusted, "reason", 1, 4))
@@ -416,7 +477,9 @@ def decode_from_host(untrusted: Mapping[str, Any]) -> FromHost:
 
 
 class RateLimit:
-    """A token bucket: ``rate`` messages a second on average, bursts up to ``burst``."""
+    """A token bucket: ``rate`` messages a second on average, bursts up to ``burst``.
+    ``allow(now)`` (``now`` in seconds, monotonic) takes a token if there is one; ``wait(now)``
+    is how many seconds until the next token."""
 
     def __init__(self, rate: float = 50.0, burst: int = 200) -> None:
         self.rate = rate
@@ -432,3 +495,9 @@ class RateLimit:
             return False
         self.tokens -= 1
         return True
+
+    def wait(self, now: float) -> float:
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate

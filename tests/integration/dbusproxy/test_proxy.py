@@ -22,6 +22,7 @@ from dbus_next.service import signal as dbus_signal
 from dbus_next.signature import Variant
 
 from tests.support.dbus import start_bus
+from vmsilo.dbusproxy import sig
 from vmsilo.dbusproxy.guest import GuestProxy
 from vmsilo.dbusproxy.host import HostProxy
 from vmsilo.protocol import dbusproxy as wire
@@ -56,22 +57,22 @@ class NotificationServer(ServiceInterface):
         self.got = asyncio.Event()
 
     @method()
-    def Notify(self, app: "s", replaces: "u", icon: "s", summary: "s", body: "s",
-               actions: "as", hints: "a{sv}", timeout: "i") -> "u":
+    def Notify(self, app: sig.S, replaces: sig.U, icon: sig.S, summary: sig.S, body: sig.S,
+               actions: sig.AS, hints: sig.HINTS, timeout: sig.I) -> sig.U:
         self.received.append([app, replaces, icon, summary, body, actions, timeout])
         self.got.set()
         return 41 + len(self.received)
 
     @method()
-    def CloseNotification(self, nid: "u"):
+    def CloseNotification(self, nid: sig.U):
         self.NotificationClosed(nid, 3)
 
     @dbus_signal()
-    def ActionInvoked(self, nid: int, key: str) -> "us":
+    def ActionInvoked(self, nid: int, key: str) -> sig.US:
         return [nid, key]
 
     @dbus_signal()
-    def NotificationClosed(self, nid: int, reason: int) -> "uu":
+    def NotificationClosed(self, nid: int, reason: int) -> sig.UU:
         return [nid, reason]
 
 
@@ -82,7 +83,7 @@ class HostWatcher(ServiceInterface):
         self.got = asyncio.Event()
 
     @method()
-    def RegisterStatusNotifierItem(self, service: "s"):
+    def RegisterStatusNotifierItem(self, service: sig.S):
         self.items.append(service)
         self.got.set()
 
@@ -95,32 +96,32 @@ class GuestItem(ServiceInterface):
         self.got = asyncio.Event()
 
     @dbus_property(access=PropertyAccess.READ)
-    def Title(self) -> "s":
+    def Title(self) -> sig.S:
         return "Mail"
 
     @dbus_property(access=PropertyAccess.READ)
-    def Status(self) -> "s":
+    def Status(self) -> sig.S:
         return "Active"
 
     @dbus_property(access=PropertyAccess.READ)
-    def IconName(self) -> "s":
+    def IconName(self) -> sig.S:
         return "security-high"
 
     @dbus_property(access=PropertyAccess.READ)
-    def IconPixmap(self) -> "a(iiay)":
+    def IconPixmap(self) -> sig.PIXMAPS:
         return [[16, 16, bytes([255, 10, 20, 30]) * 256]]
 
     @dbus_property(access=PropertyAccess.READ)
-    def Menu(self) -> "o":
+    def Menu(self) -> sig.O:
         return "/MenuBar"
 
     @method()
-    def Activate(self, x: "i", y: "i"):
+    def Activate(self, x: sig.I, y: sig.I):
         self.activated.append((x, y))
         self.got.set()
 
     @method()
-    def Scroll(self, delta: "i", orientation: "s"):
+    def Scroll(self, delta: sig.I, orientation: sig.S):
         self.scrolled.append((delta, orientation))
         self.got.set()
 
@@ -132,12 +133,12 @@ class GuestMenu(ServiceInterface):
         self.got = asyncio.Event()
 
     @method()
-    def GetLayout(self, parent: "i", depth: "i", names: "as") -> "u(ia{sv}av)":
+    def GetLayout(self, parent: sig.I, depth: sig.I, names: sig.AS) -> sig.LAYOUT:
         child = Variant("(ia{sv}av)", [7, {"label": Variant("s", "Check mail")}, []])
         return [1, [0, {}, [child]]]
 
     @method()
-    def Event(self, node: "i", event: "s", data: "v", timestamp: "u"):
+    def Event(self, node: sig.I, event: sig.S, data: sig.V, timestamp: sig.U):
         self.clicked.append(node)
         self.got.set()
 
