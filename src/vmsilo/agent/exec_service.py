@@ -125,7 +125,10 @@ async def _serve_command(stream: Stream, request: ExecRequest, config: ExecConfi
         # Report it as a shell would: a message on stderr and status 127 / 126.
         status = 127 if isinstance(exc, FileNotFoundError) else 126
         reason = exc.strerror or str(exc)
-        await send(stream, Stderr(f"vmsilo-agent: {request.argv[0]}: {reason}\n".encode()))
+        # The program's name as given (bytes, perhaps not UTF-8; cut to fit one chunk), as a
+        # shell would print it.
+        await send(stream, Stderr(b"vmsilo-agent: " + request.argv[0][:4096]
+                                  + f": {reason}\n".encode(errors="backslashreplace")))
         await send(stream, ExitStatus(code=status))
         return
     config.state.command_started()

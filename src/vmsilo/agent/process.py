@@ -59,7 +59,9 @@ WAYLAND_ENVIRONMENT = {
 }
 
 
-def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -> dict[str, str]:
+def login_environment(account: Account, caller_env: dict[bytes, bytes],
+                      tty: bool) -> dict[bytes, bytes]:
+    """The command's environment: a login's, then the caller's entries (exact bytes) over it."""
     env = {
         "HOME": account.home,
         "USER": account.name,
@@ -81,8 +83,9 @@ def login_environment(account: Account, caller_env: dict[str, str], tty: bool) -
             env.update(WAYLAND_ENVIRONMENT)
     if tty:
         env["TERM"] = "xterm-256color"
-    env.update(caller_env)
-    return env
+    env_bytes = {os.fsencode(name): os.fsencode(value) for name, value in env.items()}
+    env_bytes.update(caller_env)
+    return env_bytes
 
 
 def set_window_size(fd: int, rows: int, cols: int) -> None:
@@ -160,7 +163,7 @@ def start_command(request: ExecRequest, account: Account) -> Child:
     if switch_user and os.geteuid() != 0:
         raise CommandError(f"the agent is not root and cannot run commands as {account.name!r}")
     env = login_environment(account, request.env, request.tty)
-    cwd = request.cwd or (account.home if os.path.isdir(account.home) else "/")
+    cwd = request.cwd or os.fsencode(account.home if os.path.isdir(account.home) else "/")
     uid = account.uid if switch_user else None
     gid = account.gid if switch_user else None
     groups = os.getgrouplist(account.name, account.gid) if switch_user else None

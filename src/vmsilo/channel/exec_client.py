@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 from vmsilo.channel.stream import ChannelError, Stream
@@ -230,18 +231,21 @@ class ExecClient:
 
 async def run_command(
     transport: Transport,
-    argv: list[str],
+    argv: Sequence[str | bytes],
     *,
     vm_name: str = "?",
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
+    env: Mapping[str | bytes, str | bytes] | None = None,
+    cwd: str | bytes | None = None,
     user: str | None = None,
     stdin: StdinSource = None,
     stdout: Sink = _discard,
     stderr: Sink = _discard,
 ) -> ExitStatus:
-    """Run ``argv`` in the guest and return how it ended."""
-    request = ExecRequest(argv=list(argv), env=dict(env or {}), cwd=cwd, user=user)
+    """Run ``argv`` in the guest and return how it ended. ``argv``, ``env`` and ``cwd`` may be
+    bytes (sent as they are) or str (sent as ``os.fsencode`` gives them)."""
+    request = ExecRequest(argv=[os.fsencode(a) for a in argv],
+                          env={os.fsencode(k): os.fsencode(v) for k, v in (env or {}).items()},
+                          cwd=None if cwd is None else os.fsencode(cwd), user=user)
     return await ExecClient(transport, vm_name).run(
         request, stdin=stdin, stdout=stdout, stderr=stderr
     )

@@ -5,6 +5,11 @@ killed it). When stdin is a terminal, the command gets a terminal too (raw mode,
 resizes); otherwise Ctrl-C and the other usual signals are forwarded to the command. vm-run's
 own failures (unknown VM, no daemon, a VM that does not start) exit with 255, as ssh does, so
 that they cannot be mistaken for the command's status.
+
+The command's arguments, ``--env`` values and ``--cwd`` reach the guest as the exact bytes
+vm-run was given (Linux arguments need not be UTF-8). A command the agent would refuse (more
+than ``MAX_ARGUMENTS`` bytes of arguments and environment, an oversized argument, ...) is refused
+here, before vmsilod is contacted.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from vmsilo.cli import client, terminal
 from vmsilo.errors import UserError
 from vmsilo.protocol import control
 from vmsilo.protocol.errors import ProtocolError
-from vmsilo.protocol.exec import EXEC_PORT, ExecRequest
+from vmsilo.protocol.exec import EXEC_PORT, ExecRequest, encode_message
 
 OWN_FAILURE = 255
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -48,14 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_env(items: Sequence[str]) -> dict[str, str]:
+def parse_env(items: Sequence[str]) -> dict[bytes, bytes]:
+    """``NAME=VALUE`` items (as ``sys.argv`` holds them) to environment entries in bytes."""
     env = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, sep, value = os.fsencode(item).partition(b"=")
         if not sep or not name:
             raise UserError(f"--env {item!r}: write NAME=VALUE")
         env[name] = value
     return env
+
+
+def build_request(args: argparse.Namespace, command: Sequence[str], use_tty: bool,
+                  rows: int, cols: int) -> ExecRequest:
+    """The request for the agent, checked as the agent will check it: raises ``UserError``
+    (one line: which field, or the total size) for anything it would refuse."""
+    env = parse_env(args.env)
+    if use_tty:
+        env.setdefault(b"TERM", os.environb.get(b"TERM", b"xterm-256color"))
+    try:
+        request = ExecRequest(argv=[os.fsencode(arg) for arg in command], env=env,
+                              cwd=None if args.cwd is None else os.fsencode(args.cwd),
+                              user=args.user, tty=use_tty, rows=rows, cols=cols)
+        encode_message(request)
+    except (ProtocolError, ValueError) as exc:
+        raise UserError(f"cannot send this command to VM {args.vm}: {exc}") from None
+    return request
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -65,10 +88,8 @@ async def run(args: argparse.Namespace) -> int:
     if not command:
         raise UserError("no command given; usage: vm-run <vm> <command> [args...]")
     use_tty = sys.stdin.isatty() if args.tty is None else args.tty
-    env = parse_env(args.env)
     rows, cols = terminal.window_size(0) if use_tty else (24, 80)
-    if use_tty:
-        env.setdefault("TERM", os.environ.get("TERM", "xterm-256color"))
+    request = build_request(args, command, use_tty, rows, cols)
     conn = await client.connect()
     try:
         await conn.request(control.Request(op="open", vm=args.vm, port=EXEC_PORT,
@@ -77,8 +98,6 @@ async def run(args: argparse.Namespace) -> int:
         await conn.close()
         raise
     stream = SocketStream(conn.reader, conn.writer)
-    request = ExecRequest(argv=command, env=env, cwd=args.cwd, user=args.user, tty=use_tty,
-                          rows=rows, cols=cols)
     loop = asyncio.get_running_loop()
     try:
         session = await ExecSession.start(stream, request, args.vm)

@@ -7,10 +7,21 @@ size cap. On every stream the guest first sends ``AgentHello``; the host then se
 request (``ExecRequest``, ``StatusRequest`` or ``PoweroffRequest``) and, for an exec, stdin
 chunks, ``StdinEof``, ``SignalRequest`` and ``Resize``; the guest answers with ``Stdout`` /
 ``Stderr`` chunks and exactly one ``ExitStatus`` (or an ``ErrorReply``).
+
+A command's arguments, environment and working directory are bytes on Linux, and are carried
+as bytes: in ``ExecRequest`` each is base64 text (RFC 4648 section 4, padded, canonical), so
+the guest agent execs exactly the bytes the host was given, UTF-8 or not. Like ``execve``,
+each of them is checked for NUL, and all arguments and environment entries together for size
+(``MAX_ARGUMENTS``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import os
+import re
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -22,21 +33,34 @@ from vmsilo.protocol.schema import (
     Bool,
     Float,
     Int,
+    Kind,
     Schema,
     Str,
-    StrList,
-    StrMap,
     decode,
     encode,
+    parse_json,
+    validate,
 )
 
-PROTOCOL_VERSION = 1
+# 2: argv, env and cwd as base64 bytes (1 carried them as JSON text, UTF-8 only).
+PROTOCOL_VERSION = 2
 EXEC_PORT = 5000
 HEADER = struct.Struct(">IB")
 HEADER_SIZE = HEADER.size
 # One stdout chunk plus its header fills one mux DATA frame exactly.
 MAX_CHUNK = MAX_DATA - HEADER_SIZE
-MAX_CONTROL = 1024 * 1024
+# All arguments and environment entries of one command, counted as execve counts them (each
+# string with its NUL, an environment entry as NAME=VALUE). Linux allows a quarter of the stack
+# limit, 2 MiB by default; this leaves the guest's login environment room.
+MAX_ARGUMENTS = 1024 * 1024
+MAX_ARG_LEN = 128 * 1024
+MAX_ARGS = 4096
+MAX_ENV = 1024
+MAX_ENV_NAME = 256
+MAX_CWD = 4096
+# The encoded ExecRequest at its largest: base64 of MAX_ARGUMENTS (4 bytes per 3, plus padding
+# and JSON punctuation per string) and the small fields; a test checks the worst case fits.
+MAX_EXEC_REQUEST = 1536 * 1024
 MAX_SIGNAL = 64
 _TIME_MAX = 2.0**40
 
@@ -56,15 +80,48 @@ class AgentHello:
     boot_time: float
 
 
+def _as_bytes(field: str, value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return os.fsencode(value)
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"ExecRequest {field}: {value!r} has no bytes form: {exc}") from None
+    raise TypeError(f"ExecRequest {field}: expected bytes or str, got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class ExecRequest:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None = None
+    """A command to run: ``argv`` (at least one), environment entries to add to the login
+    environment, the working directory (default: the user's home), the guest user (default:
+    the agent's), and whether it gets a terminal of ``rows`` x ``cols``.
+
+    ``argv``, ``env`` and ``cwd`` hold bytes; ``str`` given for them is converted as
+    ``os.fsencode`` does (UTF-8, and ``surrogateescape`` gives back undecodable bytes, as in
+    ``sys.argv``), so ``ExecRequest(argv=["ls"], env={})`` keeps working.
+    """
+
+    argv: list[bytes]
+    env: dict[bytes, bytes]
+    cwd: bytes | None = None
     user: str | None = None
     tty: bool = False
     rows: int = 24
     cols: int = 80
+
+    def __post_init__(self) -> None:
+        argv = [_as_bytes(f"argv[{i}]", a) for i, a in enumerate(self.argv)]
+        env = {_as_bytes("env name", k): _as_bytes(f"env[{k!r}]", v) for k, v in self.env.items()}
+        cwd = None if self.cwd is None else _as_bytes("cwd", self.cwd)
+        object.__setattr__(self, "argv", argv)
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "cwd", cwd)
+
+    def argument_size(self) -> int:
+        """Bytes of arguments and environment as ``execve`` counts them (see MAX_ARGUMENTS)."""
+        return (sum(len(arg) + 1 for arg in self.argv)
+                + sum(len(name) + len(value) + 2 for name, value in self.env.items()))
 
 
 @dataclass(frozen=True)
@@ -145,6 +202,89 @@ def _one_of_code_or_signal(status: ExitStatus) -> None:
         raise ProtocolError("ExitStatus: exactly one of 'code' and 'signal' must be set")
 
 
+def _bad(name: str, why: str) -> ProtocolError:
+    return ProtocolError(f"field {name!r}: {why}")
+
+
+@dataclass(frozen=True)
+class Base64Bytes(Kind):
+    """Bytes sent as base64 text (RFC 4648 section 4, with padding). Only the canonical form
+    is accepted (what ``b64encode`` gives), so each byte string has exactly one encoding.
+    ``max_len`` and ``min_len`` count decoded bytes; NUL is never allowed (a C string on the
+    guest); ``pattern`` is a regular expression over bytes the whole value must match."""
+
+    max_len: int
+    min_len: int = 0
+    pattern: bytes | None = None
+    nullable: bool = False
+
+    def check(self, name: str, untrusted_value: object) -> object:
+        if untrusted_value is None and self.nullable:
+            return None
+        if not isinstance(untrusted_value, str):
+            raise _bad(name, f"expected base64 text, got {type(untrusted_value).__name__}")
+        if len(untrusted_value) > 4 * ((self.max_len + 2) // 3):
+            raise _bad(name, f"longer than {self.max_len} bytes")
+        try:
+            value = base64.b64decode(untrusted_value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise _bad(name, "not base64 text") from None
+        if base64.b64encode(value).decode("ascii") != untrusted_value:
+            raise _bad(name, "not in canonical base64 form")
+        if not self.min_len <= len(value) <= self.max_len:
+            raise _bad(name, f"length {len(value)} outside {self.min_len}..{self.max_len}")
+        if b"\x00" in value:
+            raise _bad(name, "contains a NUL byte")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise _bad(name, "does not match the allowed pattern")
+        return value
+
+
+@dataclass(frozen=True)
+class Base64List(Kind):
+    item: Base64Bytes
+    max_items: int
+    min_items: int = 0
+
+    def check(self, name: str, untrusted_value: object) -> object:
+        if not isinstance(untrusted_value, list):
+            raise _bad(name, f"expected a list, got {type(untrusted_value).__name__}")
+        if not self.min_items <= len(untrusted_value) <= self.max_items:
+            raise _bad(name, f"{len(untrusted_value)} items, outside "
+                             f"{self.min_items}..{self.max_items}")
+        return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(untrusted_value)]
+
+
+@dataclass(frozen=True)
+class Base64Map(Kind):
+    key: Base64Bytes
+    value: Base64Bytes
+    max_items: int
+
+    def check(self, name: str, untrusted_value: object) -> object:
+        if not isinstance(untrusted_value, dict):
+            raise _bad(name, f"expected an object, got {type(untrusted_value).__name__}")
+        if len(untrusted_value) > self.max_items:
+            raise _bad(name, f"{len(untrusted_value)} entries, more than {self.max_items}")
+        # Canonical base64 keys: distinct JSON keys are distinct byte strings.
+        return {
+            self.key.check(f"{name} key", k): self.value.check(f"{name}[{k!r}]", v)
+            for k, v in untrusted_value.items()
+        }
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _exec_request_rules(request: ExecRequest) -> None:
+    size = request.argument_size()
+    if size > MAX_ARGUMENTS:
+        raise ProtocolError(
+            f"the command's arguments and environment take {size} bytes (each string counted "
+            f"with its NUL); at most {MAX_ARGUMENTS} can be sent")
+
+
 _USER_NAME = Str(max_len=32, min_len=1, pattern=r"[a-z_][a-z0-9_-]*\$?", nullable=True)
 _DIMENSION = Int(0, 65535)
 
@@ -159,20 +299,39 @@ AGENT_HELLO = Schema(
 EXEC_REQUEST = Schema(
     ExecRequest,
     {
-        "argv": StrList(Str(max_len=128 * 1024), max_items=4096, min_items=1),
-        "env": StrMap(
-            key=Str(max_len=256, min_len=1, pattern=r"[^=]+"),
-            value=Str(max_len=128 * 1024),
-            max_items=1024,
+        "argv": Base64List(Base64Bytes(max_len=MAX_ARG_LEN), max_items=MAX_ARGS, min_items=1),
+        "env": Base64Map(
+            key=Base64Bytes(max_len=MAX_ENV_NAME, min_len=1, pattern=rb"[^=]+"),
+            value=Base64Bytes(max_len=MAX_ARG_LEN),
+            max_items=MAX_ENV,
         ),
-        "cwd": Str(max_len=4096, min_len=1, pattern=r"/.*", nullable=True),
+        "cwd": Base64Bytes(max_len=MAX_CWD, min_len=1, pattern=rb"(?s)/.*", nullable=True),
         "user": _USER_NAME,
         "tty": Bool(),
         "rows": _DIMENSION,
         "cols": _DIMENSION,
     },
     optional=frozenset({"cwd", "user", "tty", "rows", "cols"}),
+    invariant=_exec_request_rules,
 )
+
+
+def encode_exec_request(request: ExecRequest) -> bytes:
+    """The JSON payload of ``request``: every byte string as base64, then checked against
+    ``EXEC_REQUEST`` exactly as the agent will check it. Raises ``ProtocolError`` naming the
+    field (or the total size) the agent would refuse."""
+    obj = {
+        "argv": [_b64(arg) for arg in request.argv],
+        "env": {_b64(name): _b64(value) for name, value in request.env.items()},
+        "cwd": None if request.cwd is None else _b64(request.cwd),
+        "user": request.user,
+        "tty": request.tty,
+        "rows": request.rows,
+        "cols": request.cols,
+    }
+    payload = json.dumps(obj, separators=(",", ":")).encode()
+    validate(EXEC_REQUEST, parse_json(payload))
+    return payload
 EXIT_STATUS = Schema(
     ExitStatus,
     {"code": Int(0, 255, nullable=True), "signal": Int(1, MAX_SIGNAL, nullable=True)},
@@ -217,7 +376,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec(0x05, IdleReport, _G, Payload.JSON, 256, IDLE_REPORT),
     MessageSpec(0x06, ErrorReply, _G, Payload.JSON, 8192, ERROR_REPLY),
     MessageSpec(0x07, PoweroffAck, _G, Payload.EMPTY, 0),
-    MessageSpec(0x10, ExecRequest, _H, Payload.JSON, MAX_CONTROL, EXEC_REQUEST),
+    MessageSpec(0x10, ExecRequest, _H, Payload.JSON, MAX_EXEC_REQUEST, EXEC_REQUEST),
     MessageSpec(0x11, Stdin, _H, Payload.RAW, MAX_CHUNK),
     MessageSpec(0x12, StdinEof, _H, Payload.EMPTY, 0),
     MessageSpec(0x13, SignalRequest, _H, Payload.JSON, 256, SIGNAL_REQUEST),
@@ -237,6 +396,8 @@ def encode_message(message: Message) -> bytes:
         payload: bytes = message.data
     elif spec.payload is Payload.EMPTY:
         payload = b""
+    elif isinstance(message, ExecRequest):
+        payload = encode_exec_request(message)
     else:
         assert spec.schema is not None
         payload = encode(spec.schema, message)

@@ -14,7 +14,7 @@ import pytest
 from vmsilo.channel.exec_client import ExecClient, ExecError
 from vmsilo.channel.stream import StreamRefusedError
 from vmsilo.channel.transports import SerialMuxTransport
-from vmsilo.protocol.exec import ExecRequest, ExitStatus
+from vmsilo.protocol.exec import PROTOCOL_VERSION, ExecRequest, ExitStatus
 
 from .conftest import AgentProcess
 
@@ -40,7 +40,7 @@ def req(*argv: str, **kwargs: object) -> ExecRequest:
 
 async def test_hello_reports_protocol_and_boot_time(client: ExecClient) -> None:
     hello = await client.hello()
-    assert hello.protocol == 1
+    assert hello.protocol == PROTOCOL_VERSION
     assert 0 < hello.boot_time <= time.time()
 
 

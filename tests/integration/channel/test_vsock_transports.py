@@ -15,7 +15,7 @@ from vmsilo.agent.exec_service import ExecConfig, serve_exec_stream
 from vmsilo.channel.exec_client import ExecClient, hello
 from vmsilo.channel.stream import ChannelError, SocketStream, StreamRefusedError
 from vmsilo.channel.transports import HybridVsockTransport, VsockTransport
-from vmsilo.protocol.exec import ExecRequest, ExitStatus
+from vmsilo.protocol.exec import PROTOCOL_VERSION, ExecRequest, ExitStatus
 from vmsilo.testing.hybrid_peer import HybridVsockPeer
 
 
@@ -105,7 +105,7 @@ async def test_vsock_loopback_exec() -> None:
             pytest.skip(f"no vsock loopback transport on this kernel ({why})")
         try:
             agent = await hello(stream, "loopback")
-            assert agent.protocol == 1
+            assert agent.protocol == PROTOCOL_VERSION
         finally:
             await stream.close()
     finally:

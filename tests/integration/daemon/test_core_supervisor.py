@@ -15,7 +15,7 @@ from vmsilo.channel.exec_client import hello
 from vmsilo.daemon.runstate import Runstate
 from vmsilo.daemon.supervisor import Supervisor
 from vmsilo.errors import UserError
-from vmsilo.protocol.exec import EXEC_PORT, ExecRequest, ExitStatus
+from vmsilo.protocol.exec import EXEC_PORT, PROTOCOL_VERSION, ExecRequest, ExitStatus
 from vmsilo.testing.fake_vmm import Faults
 
 # A hang is a failure with a traceback, not a stuck suite.
@@ -55,7 +55,7 @@ async def test_concurrent_requests_start_the_vm_once(core: Core) -> None:
         supervisor.open_port("alpha", EXEC_PORT, True, 10))
     assert core.backend.launches == ["alpha"]
     for stream in streams[2:]:
-        assert (await hello(stream, "alpha")).protocol == 1
+        assert (await hello(stream, "alpha")).protocol == PROTOCOL_VERSION
         await stream.close()
     await supervisor.stop_all()
 
@@ -66,7 +66,7 @@ async def test_open_port_starts_on_demand_or_says_how(core: Core) -> None:
         await supervisor.open_port("alpha", EXEC_PORT, False, 5)
     assert core.backend.launches == []
     stream = await supervisor.open_port("alpha", EXEC_PORT, True, 10)
-    assert (await hello(stream, "alpha")).protocol == 1
+    assert (await hello(stream, "alpha")).protocol == PROTOCOL_VERSION
     await stream.close()
     with pytest.raises(UserError, match="unknown VM 'gamma'; the configured VMs are: alpha, "
                                         "beta"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -94,20 +95,36 @@ def frame(code: int, obj: Any) -> bytes:
     return HEADER.pack(len(payload), code) + payload
 
 
-GOOD_EXEC: dict[str, Any] = {"argv": ["ls"], "env": {}}
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+LS = b64(b"ls")
+GOOD_EXEC: dict[str, Any] = {"argv": [LS], "env": {}}
 
 BAD_EXEC = {
     "argv missing": {"env": {}},
     "argv empty": {"argv": [], "env": {}},
-    "argv not a list": {"argv": "ls", "env": {}},
-    "argv item not str": {"argv": ["ls", 3], "env": {}},
-    "argv NUL": {"argv": ["l\x00s"], "env": {}},
-    "argv too many": {"argv": ["x"] * 4097, "env": {}},
-    "env not object": {"argv": ["ls"], "env": []},
-    "env key with =": {"argv": ["ls"], "env": {"A=B": "x"}},
-    "env key empty": {"argv": ["ls"], "env": {"": "x"}},
-    "env value not str": {"argv": ["ls"], "env": {"A": 1}},
-    "cwd relative": {**GOOD_EXEC, "cwd": "tmp"},
+    "argv not a list": {"argv": LS, "env": {}},
+    "argv item not str": {"argv": [LS, 3], "env": {}},
+    "argv as plain text": {"argv": ["ls -l"], "env": {}},
+    "argv base64 unpadded": {"argv": ["bHM"], "env": {}},
+    "argv base64 not canonical": {"argv": ["bHN="], "env": {}},
+    "argv base64 url alphabet": {"argv": [b64(b"\xfb\xff")[:-1].replace("+", "-") + "="],
+                                 "env": {}},
+    "argv base64 with newline": {"argv": [LS[:2] + "\n" + LS[2:]], "env": {}},
+    "argv NUL": {"argv": [b64(b"l\x00s")], "env": {}},
+    "argv item too long": {"argv": [b64(b"x" * (128 * 1024 + 1))], "env": {}},
+    "argv too many": {"argv": [LS] * 4097, "env": {}},
+    "arguments over 1 MiB": {"argv": [b64(b"x" * 100_000)] * 11, "env": {}},
+    "env not object": {"argv": [LS], "env": []},
+    "env key with =": {"argv": [LS], "env": {b64(b"A=B"): b64(b"x")}},
+    "env key empty": {"argv": [LS], "env": {"": b64(b"x")}},
+    "env key not base64": {"argv": [LS], "env": {"A": b64(b"x")}},
+    "env value not str": {"argv": [LS], "env": {b64(b"AB"): 1}},
+    "env value NUL": {"argv": [LS], "env": {b64(b"AB"): b64(b"\x00")}},
+    "cwd relative": {**GOOD_EXEC, "cwd": b64(b"tmp")},
+    "cwd plain text": {**GOOD_EXEC, "cwd": "/tmp"},
     "user bad chars": {**GOOD_EXEC, "user": "Root;rm"},
     "user too long": {**GOOD_EXEC, "user": "a" * 33},
     "tty not bool": {**GOOD_EXEC, "tty": 1},
@@ -178,3 +195,91 @@ def test_encoder_refuses_what_the_decoder_would_refuse() -> None:
 def test_shell_status_maps_signals() -> None:
     assert ExitStatus(code=0).shell_status() == 0
     assert ExitStatus(signal=9).shell_status() == 137
+
+
+# --- arguments, environment and working directory are bytes ---------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vmsilo.protocol.exec import (  # noqa: E402
+    MAX_ARG_LEN,
+    MAX_ARGS,
+    MAX_ARGUMENTS,
+    MAX_CWD,
+    MAX_ENV,
+    MAX_ENV_NAME,
+    MAX_EXEC_REQUEST,
+)
+
+no_nul = st.binary(max_size=40).map(lambda b: b.replace(b"\0", b""))
+env_name = st.binary(min_size=1, max_size=20).map(
+    lambda b: b.replace(b"\0", b"a").replace(b"=", b"b"))
+requests = st.builds(
+    ExecRequest,
+    argv=st.lists(no_nul, min_size=1, max_size=6),
+    env=st.dictionaries(env_name, no_nul, max_size=5),
+    cwd=st.none() | no_nul.map(lambda b: b"/" + b),
+    user=st.none() | st.sampled_from(["user", "root", "_x-1"]),
+    tty=st.booleans(),
+    rows=st.integers(0, 65535),
+    cols=st.integers(0, 65535),
+)
+
+
+def test_non_utf8_bytes_arrive_exactly() -> None:
+    """The issue's case: ``vm-run work -- cat $'caf\\xe9.txt'``."""
+    request = ExecRequest(argv=[b"cat", b"caf\xe9.txt"], env={b"V\xff": b"\xfe\n"},
+                          cwd=b"/home/user/d\xe9")
+    payload = encode_message(request)[HEADER.size:]
+    assert json.loads(payload)["argv"] == ["Y2F0", "Y2Fm6S50eHQ="]
+    decoded, _ = decode_frames(encode_message(request), Direction.TO_GUEST)
+    assert decoded == [request]
+    assert decoded[0].argv[1] == b"caf\xe9.txt" and decoded[0].cwd == b"/home/user/d\xe9"
+
+
+def test_str_is_taken_as_os_fsencode_gives_it() -> None:
+    # sys.argv holds an undecodable byte as a lone surrogate; it goes back to that byte.
+    request = ExecRequest(argv=["cat", "caf\udce9.txt", "ü"], env={"A": "1"}, cwd="/tmp")
+    assert request.argv == [b"cat", b"caf\xe9.txt", "ü".encode()]
+    assert request.env == {b"A": b"1"} and request.cwd == b"/tmp"
+    with pytest.raises(ValueError, match=r"argv\[0\]"):
+        ExecRequest(argv=["\ud800"], env={})
+    with pytest.raises(TypeError, match="argv"):
+        ExecRequest(argv=[3], env={})  # type: ignore[list-item]
+
+
+@given(requests)
+def test_exec_request_round_trip(request: ExecRequest) -> None:
+    frame_bytes = encode_message(request)
+    decoded, rest = decode_frames(frame_bytes, Direction.TO_GUEST)
+    assert decoded == [request] and rest == b""
+    # The encoded form is exactly: one canonical base64 string per argument, one per env name
+    # and value, cwd likewise, and the plain fields as they are.
+    obj = json.loads(frame_bytes[HEADER.size:])
+    assert set(obj) == {"argv", "env", "cwd", "user", "tty", "rows", "cols"}
+    assert obj["argv"] == [b64(a) for a in request.argv]
+    assert obj["env"] == {b64(k): b64(v) for k, v in request.env.items()}
+    assert obj["cwd"] == (None if request.cwd is None else b64(request.cwd))
+    assert (obj["user"], obj["tty"], obj["rows"], obj["cols"]) == (
+        request.user, request.tty, request.rows, request.cols)
+
+
+def test_the_largest_request_fits_the_frame_cap() -> None:
+    # As many strings as allowed, filling MAX_ARGUMENTS, each of a length base64 pads most.
+    per_arg = (MAX_ARGUMENTS - MAX_ENV * (MAX_ENV_NAME + 2)) // MAX_ARGS - 1
+    per_arg -= (per_arg % 3) - 1 if per_arg % 3 else -1
+    names = [b"%0*d" % (MAX_ENV_NAME, i) for i in range(MAX_ENV)]
+    request = ExecRequest(argv=[b"\xff" * per_arg] * MAX_ARGS, env=dict.fromkeys(names, b""),
+                          cwd=b"/" * MAX_CWD, user="a" * 32, tty=True, rows=65535, cols=65535)
+    assert request.argument_size() <= MAX_ARGUMENTS
+    assert len(encode_message(request)) - HEADER.size <= MAX_EXEC_REQUEST
+
+
+def test_over_a_mebibyte_of_arguments_is_refused_by_the_encoder_with_the_size() -> None:
+    request = ExecRequest(argv=[b"x" * 100_000] * 11, env={})
+    with pytest.raises(ProtocolError, match=f"1100011 bytes.*at most {MAX_ARGUMENTS}"):
+        encode_message(request)
+    at_limit = ExecRequest(argv=[b"x" * (MAX_ARG_LEN - 1)] * 8, env={})
+    assert at_limit.argument_size() == MAX_ARGUMENTS
+    encode_message(at_limit)
