@@ -74,13 +74,16 @@ CATEGORIES = frozenset((
     "Amusement", "Archiving", "Compression", "Electronics", "Emulator", "Engineering",
     "FileTools", "FileManager", "TerminalEmulator", "Filesystem", "Monitor", "Security",
     "Accessibility", "Calculator", "Clock", "TextEditor", "Documentation", "Adult", "Core", "KDE",
-    "GNOME", "XFCE", "DDE", "GTK", "Qt", "Motif", "Java", "ConsoleOnly",
+    "GNOME", "XFCE", "GTK", "Qt", "Motif", "Java", "ConsoleOnly",
 ))  # fmt: skip
 _RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")
 _DROP_CODES = {"%f", "%F", "%i", "%c", "%k", "%d", "%D", "%n", "%N", "%v", "%m"}
 _URL_CODES = {"%u", "%U"}
 _UNESCAPE = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 _ESCAPE = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# What some reader takes for a line break (Python's str.splitlines, Unicode): LF and CR are
+# escaped; the others have no escape in the format, so a value holding one is refused.
+_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 class EntryRejected(ValueError):  # noqa: N818 - reads as what happened to the entry
@@ -150,10 +153,11 @@ def split_list(value: str) -> list[str]:
 def encode_string(value: str) -> str:
     """``value`` as a one-line string value: ``\\`` ``\\n`` ``\\t`` ``\\r`` escaped, and a
     space at either end written ``\\s`` (readers strip the whitespace around a value).
-    Raises ``EntryRejected`` for a character that has no encoding (another C0 control, DEL)
-    or a lone surrogate."""
+    Raises ``EntryRejected`` for a character that has no encoding (another C0 control, DEL,
+    NEL, U+2028, U+2029: some readers break lines there) or a lone surrogate."""
     for ch in value:
-        if (ord(ch) < 0x20 and ch not in _ESCAPE) or ch == "\x7f" or "\ud800" <= ch <= "\udfff":
+        if ((ord(ch) < 0x20 and ch not in _ESCAPE) or ch in "\x7f\x85\u2028\u2029"
+                or "\ud800" <= ch <= "\udfff"):
             raise EntryRejected(f"the value {value[:40]!r} has the character {ch!r}, which a "
                                 f"desktop entry cannot hold")
     out = "".join(_ESCAPE.get(ch, ch) for ch in value)
@@ -177,7 +181,7 @@ def _line(key: str, encoded: str) -> str:
     reader (no line break of any kind, nothing a reader strips off its ends)."""
     if not _KEY.fullmatch(key):
         raise EntryRejected(f"{key!r} is not a key")
-    if len(encoded.splitlines()) > 1 or "\n" in encoded or "\r" in encoded:
+    if any(ch in _BREAKS for ch in encoded):
         raise EntryRejected(f"{key}'s value is not one line")
     if encoded != encoded.strip(" \t"):
         raise EntryRejected(f"{key}'s value has whitespace at an end")
@@ -231,15 +235,19 @@ def split_exec(value: str) -> list[str]:
 
 
 def resolve_field_codes(args: list[str]) -> list[str]:
-    """Drop file and deprecated codes, keep URL codes as ``FieldCode`` for the host's
-    launcher, turn ``%%`` into a literal ``%``; an unknown code, a code inside a longer
-    argument or a lone ``%`` at the end rejects the entry."""
+    """Drop file and deprecated codes, keep the first URL code as ``FieldCode`` for the
+    host's launcher (the spec allows one code of %f %F %u %U; later ones are dropped), turn
+    ``%%`` into a literal ``%``; an unknown code, a code inside a longer argument or a lone
+    ``%`` at the end rejects the entry."""
     out: list[str] = []
+    url_code = False
     for arg in args:
         if arg in _DROP_CODES:
             continue
         if arg in _URL_CODES:
-            out.append(FieldCode(arg))
+            if not url_code:  # the spec allows one; a launcher may refuse more
+                out.append(FieldCode(arg))
+            url_code = True
             continue
         text, i = [], 0
         while i < len(arg):
@@ -280,15 +288,15 @@ def exec_value(args: list[str]) -> str:
 
 # --- reading a guest entry -----------------------------------------------------------------
 
-def _main_group(text: str) -> list[tuple[int, str]]:
+def _main_group(text: str, max_line: int = MAX_LINE) -> list[tuple[int, str]]:
     """The ``[Desktop Entry]`` group's key lines as (line number, text); ``EntryRejected``
-    for a line longer than ``MAX_LINE``."""
+    for a line longer than ``max_line``."""
     group: str | None = None
     lines: list[tuple[int, str]] = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if len(line) > MAX_LINE:
-            raise EntryRejected(f"line {number} is longer than {MAX_LINE} characters")
+        if len(line) > max_line:
+            raise EntryRejected(f"line {number} is longer than {max_line} characters")
         stripped = line.strip(" \t")
         if not stripped or stripped.startswith("#"):
             continue
@@ -314,14 +322,19 @@ def main_group_value(text: str, key: str) -> str | None:
     return None
 
 
-def parse(file_id: str, data: bytes) -> HostEntry:
+def parse(file_id: str, data: bytes, *, max_value: int = MAX_VALUE,
+          max_line: int = MAX_LINE) -> HostEntry:
     """The entry as the host will offer it; ``EntryRejected`` (with the reason) when it can't
-    be offered at all. Keys and values it could not use are named in ``dropped``."""
+    be offered at all. Keys and values it could not use are named in ``dropped``.
+
+    ``max_value`` and ``max_line`` (characters of a value and a line as written) bound what a
+    guest may send; a file ``render`` wrote may exceed them (the ``[vm]`` prefix, the
+    ``vm-run`` words, quoting), so reading one back takes larger limits."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise EntryRejected("not UTF-8") from None
-    lines = _main_group(text)
+    lines = _main_group(text, max_line)
     dropped: list[str] = []
     keys: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
@@ -336,8 +349,8 @@ def parse(file_id: str, data: bytes) -> HostEntry:
             dropped.append(f"{shown!r}: not a key=value line with a valid key (and locale)")
             continue
         base = match.group(1)
-        if len(raw) > MAX_VALUE:
-            dropped.append(f"{key}: longer than {MAX_VALUE} characters")
+        if len(raw) > max_value:
+            dropped.append(f"{key}: longer than {max_value} characters")
             continue
         if any(ord(ch) < 0x20 and ch != "\t" for ch in raw):
             dropped.append(f"{key}: contains control characters")
@@ -349,9 +362,9 @@ def parse(file_id: str, data: bytes) -> HostEntry:
         elif key in ("NoDisplay", "Hidden") and raw == "true":
             hidden = True
         elif base in LOCALIZED_STRINGS and key not in keys:
-            keys[key] = clean_display_text(unescape(raw), max_len=MAX_VALUE)
+            keys[key] = clean_display_text(unescape(raw), max_len=max_value)
         elif base in LOCALIZED_LISTS and key not in lists:
-            words = [clean_display_text(w, max_len=MAX_VALUE).strip() for w in split_list(raw)]
+            words = [clean_display_text(w, max_len=max_value).strip() for w in split_list(raw)]
             lists[key] = [w for w in words if w]
         elif key == "Categories" and key not in lists:
             lists[key] = _keep(key, split_list(raw), _category_ok, dropped)
@@ -410,6 +423,8 @@ def render(entry: HostEntry, vm: str, icon: str | None, category: str) -> str:
     for key, elements in entry.lists.items():
         if key == "Categories":
             elements = [e for e in elements if e != category] + [category]
+            if {"Audio", "Video"} & set(elements) and "AudioVideo" not in elements:
+                elements.insert(0, "AudioVideo")  # the Menu spec: they need their main one
         if elements:
             out.append(_line(key, encode_list(elements)))
     if "Categories" not in entry.lists:
