@@ -20,6 +20,7 @@ pytestmark = pytest.mark.allow_subprocess
         ("fuzz_dbusproxy.py", ["dbusproxy"]),
         ("fuzz_wayland.py", ["wayland"]),
         ("fuzz_decoders.py", ["mux", "exec_to_host", "exec_to_guest"]),
+        ("fuzz_encoders.py", ["encoders"]),
     ],
 )
 def test_fuzz_target_finds_nothing(target: str, corpora: list[str], tmp_path: Path) -> None:
