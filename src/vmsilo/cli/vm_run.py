@@ -89,11 +89,18 @@ async def run(args: argparse.Namespace) -> int:
         raise UserError("no command given; usage: vm-run <vm> <command> [args...]")
     use_tty = sys.stdin.isatty() if args.tty is None else args.tty
     rows, cols = terminal.window_size(0) if use_tty else (24, 80)
+    # Both requests are checked before vmsilod is contacted: a refusal is one line, and
+    # nothing was started for a command that could not have been sent.
+    try:
+        open_request = control.Request(op="open", vm=args.vm, port=EXEC_PORT,
+                                       start=not args.no_start, timeout=60.0)
+        control.encode_request(open_request)
+    except ProtocolError as exc:
+        raise UserError(f"{args.vm!r} is not a VM name ({exc})") from None
     request = build_request(args, command, use_tty, rows, cols)
     conn = await client.connect()
     try:
-        await conn.request(control.Request(op="open", vm=args.vm, port=EXEC_PORT,
-                                           start=not args.no_start, timeout=60.0))
+        await conn.request(open_request)
     except BaseException:
         await conn.close()
         raise

@@ -115,3 +115,11 @@ async def test_a_bad_user_is_refused_in_one_line(tmp_path: Path) -> None:
     status, _, err = await vm_run(tmp_path / "none.socket", "-u", b"r\xe9", "alpha", "true")
     assert status == 255
     assert err.count(b"\n") == 1 and err.startswith(b"vm-run: cannot send this command")
+
+
+@pytest.mark.parametrize("name", ["bad name!", b"caf\xe9", "a" * 300])
+async def test_a_bad_vm_name_is_refused_in_one_line_before_contacting_vmsilod(
+        tmp_path: Path, name: str | bytes) -> None:
+    status, out, err = await vm_run(tmp_path / "none.socket", name, "true")
+    assert (status, out) == (255, b"")
+    assert err.count(b"\n") == 1 and b"is not a VM name (field 'vm': " in err
