@@ -250,7 +250,7 @@ def test_identifiers_are_matched_whole(ident: str) -> None:
      b'{"t":"menu","id":"a","layout":{"id":0,"label":"\\udbff"}}'],
 )
 def test_lone_surrogates_are_a_violation(body: bytes) -> None:
-    with pytest.raises(wire.ProtocolViolation, match="surrogate|malformed|action key"):
+    with pytest.raises(wire.ProtocolViolation, match=r"surrogate|malformed|action key"):
         wire.decode_from_guest(wire.parse_frame(body))
 
 
