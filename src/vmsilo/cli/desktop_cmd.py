@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from vmsilo.cli.options import add_config_option
 from vmsilo.cli.output import output_console
 from vmsilo.config import load_config
+from vmsilo.desktop.install import Report
 from vmsilo.desktop.menu import refresh
 
 
@@ -33,7 +36,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_install(args: argparse.Namespace) -> int:
     config = load_config(args.config).config
     home, report, entries_by_vm = refresh(config, args.home)
-    console = output_console()
+    print_report(output_console(), home, report, entries_by_vm)
+    return 0
+
+
+def print_report(console: Console, home: Path, report: Report,
+                 entries_by_vm: dict[str, list[Any]]) -> None:
+    """A table of applications per VM, then one line per entry left out (``left out: <vm>:
+    <file>: <reason>``) and per key dropped from an entry that was kept (``dropped: <vm>:
+    <file>: <key>: <why>``), then the count of files written and removed."""
     table = Table(title=f"Menu entries in {home}")
     for column in ("VM", "applications", "left out", "keys dropped"):
         table.add_column(column)
@@ -48,4 +59,3 @@ def run_install(args: argparse.Namespace) -> int:
     for reason in report.dropped:
         console.print(f"dropped: {reason}", markup=False, highlight=False)
     console.print(f"{len(report.written)} files written, {len(report.removed)} removed")
-    return 0

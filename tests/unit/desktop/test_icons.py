@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from vmsilo.desktop.icons import collect, find_icon
+from vmsilo.desktop.icons import collect, find_icon, resolve_in_root
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", 48, 48) + b"\x08\x06"
 
@@ -66,3 +66,61 @@ def test_collect_copies_and_records(tmp_path: Path) -> None:
     assert entries[0]["icon"] == "org.calc.png"
     assert (tmp_path / "icons" / "org.calc.png").read_bytes() == PNG
     assert "icon" not in entries[1]
+
+
+def test_an_absolute_link_resolves_inside_the_image(tmp_path: Path) -> None:
+    """Issue 15, item 4: ``…/48x48/apps/x.png -> /usr/lib/app/x.png`` is the image's file."""
+    root = tmp_path / "root"
+    real = _file(root, "usr/lib/app/x.png", PNG)
+    link = root / "usr/share/icons/hicolor/48x48/apps/x.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/usr/lib/app/x.png")
+    assert find_icon(root, "x") == real
+    assert find_icon(root, "/usr/share/icons/hicolor/48x48/apps/x.png") == real
+    entries = [{"file": "x.desktop", "text": "[Desktop Entry]\nIcon=x\n"}]
+    collect(root, entries, tmp_path / "icons")
+    assert (tmp_path / "icons" / entries[0]["icon"]).read_bytes() == PNG
+
+
+def test_links_never_leave_the_image_whatever_they_say(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    host_icon = _file(tmp_path, "usr/lib/app/y.png", PNG)  # the "host's" file, outside root
+    pixmaps = root / "usr/share/pixmaps"
+    pixmaps.mkdir(parents=True)
+    (pixmaps / "abs.png").symlink_to(host_icon)  # absolute: means the image's path
+    (pixmaps / "dots.png").symlink_to("../../../../../../../../" + str(host_icon))
+    (pixmaps / "dir").symlink_to("/")  # the image's root, not the host's
+    (pixmaps / "loop.png").symlink_to("loop.png")
+    for name in ("abs", "dots", "loop"):
+        assert find_icon(root, name) is None, name
+    assert find_icon(root, "/usr/share/pixmaps/dir" + str(host_icon)) is None
+    assert resolve_in_root(root, "/usr/share/pixmaps/dir/usr/../../..") == root.resolve()
+    inside = _file(root, str(host_icon), PNG)  # the same path inside the image: found there
+    assert find_icon(root, "abs") == inside and find_icon(root, "dots") == inside
+
+
+def test_an_icon_of_an_action_is_not_the_applications(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _file(root, "usr/share/icons/hicolor/48x48/apps/action.png", PNG)
+    _file(root, "usr/share/icons/hicolor/48x48/apps/main.png", PNG)
+    entries = [
+        {"file": "a.desktop", "text": "[Desktop Entry]\nName=A\nActions=n;\n\n"
+                                      "[Desktop Action n]\nIcon=action\n"},
+        {"file": "b.desktop", "text": "[Desktop Action n]\nIcon=action\n"
+                                      "[Desktop Entry]\nIcon=main\n"},
+    ]
+    collect(root, entries, tmp_path / "icons")
+    assert "icon" not in entries[0]
+    assert entries[1]["icon"] == "b.png"
+
+
+def test_icon_names_in_the_image_are_injective(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _file(root, "usr/share/pixmaps/one.png", PNG)
+    _file(root, "usr/share/pixmaps/two.svg", b"<svg/>")
+    entries = [{"file": "a b.desktop", "text": "[Desktop Entry]\nIcon=one\n"},
+               {"file": "a_b.desktop", "text": "[Desktop Entry]\nIcon=two\n"},
+               {"file": "a_20b.desktop", "text": "[Desktop Entry]\nIcon=one\n"}]
+    collect(root, entries, tmp_path / "icons")
+    names = [e["icon"] for e in entries]
+    assert names == ["a_20b.png", "a_5Fb.svg", "a_5F20b.png"]

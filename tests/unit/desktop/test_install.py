@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from vmsilo.cli.desktop_cmd import print_report
 from vmsilo.desktop.install import Targets, install
 
 GOOD = {"file": "xterm.desktop",
@@ -61,3 +63,63 @@ def test_icons_are_copied_with_vm_prefixed_names(tmp_path: Path) -> None:
     assert copied.read_text() == "<svg/>"
     assert f"Icon={copied}" in (targets.applications / "vmsilo-work-xterm.desktop").read_text()
     assert "Icon=" not in (targets.applications / "vmsilo-work-sneaky.desktop").read_text()
+
+
+def test_names_are_injective_across_vms(tmp_path: Path) -> None:
+    """Issue 15, item 3: VM ``a`` + ``b-c.desktop`` and VM ``a-b`` + ``c.desktop``."""
+    targets = Targets.for_home(tmp_path)
+    one = {**GOOD, "file": "b-c.desktop"}
+    two = {**GOOD, "file": "c.desktop",
+           "text": GOOD["text"].replace("Name=XTerm", "Name=Other")}
+    install({"a": [one], "a-b": [two]}, targets)
+    files = {p.name: p.read_text() for p in targets.applications.iterdir()}
+    assert sorted(files) == ["vmsilo-a-b-c.desktop", "vmsilo-a_2Db-c.desktop"]
+    assert "Name=[a] XTerm" in files["vmsilo-a-b-c.desktop"]
+    assert "Name=[a-b] Other" in files["vmsilo-a_2Db-c.desktop"]
+    assert {p.name for p in targets.menus.iterdir()} == {"vmsilo-a.menu", "vmsilo-a-b.menu"}
+
+
+def test_icons_of_entries_are_injective_and_named_by_the_entry(tmp_path: Path) -> None:
+    icons = tmp_path / "image-icons"
+    icons.mkdir()
+    (icons / "one.svg").write_text("<svg>1</svg>")
+    (icons / "two.svg").write_text("<svg>2</svg>")
+    entries = [{**GOOD, "file": "b-c.desktop", "icon": "one.svg"}]
+    other = [{**GOOD, "file": "c.desktop", "icon": "two.svg"},
+             {**GOOD, "file": "bad.desktop", "icon": "two.exe"}]
+    targets = Targets.for_home(tmp_path / "home")
+    install({"a": entries, "a-b": other}, targets, {"a": icons, "a-b": icons})
+    assert (targets.icons / "vmsilo-a-b-c.svg").read_text() == "<svg>1</svg>"
+    assert (targets.icons / "vmsilo-a_2Db-c.svg").read_text() == "<svg>2</svg>"
+    assert "Icon=" not in (targets.applications / "vmsilo-a_2Db-bad.desktop").read_text()
+
+
+def test_dropped_keys_are_reported_and_the_entry_kept(tmp_path: Path) -> None:
+    """Issue 15, item 5: translations with the spec's locales are kept, bad keys reported."""
+    text = GOOD["text"] + "Name[es_419]=Terminal\nName[x-test]=xxXTermxx\nName[de DE]=bad\n"
+    targets = Targets.for_home(tmp_path)
+    report = install({"work": [{**GOOD, "text": text},
+                               {"file": "x.desktop.bak", "text": GOOD["text"]}]}, targets)
+    written = (targets.applications / "vmsilo-work-xterm.desktop").read_text().splitlines()
+    assert "Name[es_419]=[work] Terminal" in written
+    assert "Name[x-test]=[work] xxXTermxx" in written
+    assert report.dropped == ["work: xterm.desktop: 'Name[de DE]': not a key=value line with "
+                              "a valid key (and locale)"]
+    assert report.rejected == ["work: x.desktop.bak: the file name 'x.desktop.bak' does not "
+                               "end in .desktop"]
+    console = Console(record=True, width=200)
+    print_report(console, tmp_path, report, {"work": [GOOD, GOOD]})
+    out = console.export_text()
+    assert "dropped: work: xterm.desktop: 'Name[de DE]'" in out
+    assert "left out: work: x.desktop.bak" in out
+    assert "│ work │ 1            │ 1        │ 1            │" in out
+
+
+def test_an_injected_exec_line_never_reaches_the_host_file(tmp_path: Path) -> None:
+    """Issue 15, item 1, through install: one Exec line, the newline kept escaped."""
+    text = GOOD["text"].replace("Exec=xterm", 'Exec=a "\\nExec=touch /tmp/x\\nX="')
+    targets = Targets.for_home(tmp_path)
+    install({"work": [{**GOOD, "text": text}]}, targets)
+    lines = (targets.applications / "vmsilo-work-xterm.desktop").read_text().split("\n")
+    assert [line for line in lines if line.startswith("Exec")] == [
+        'Exec=vm-run work -- a "\\nExec=touch /tmp/x\\nX="']
