@@ -138,6 +138,34 @@ def write_stage_tree(spec: ImageSpec, stage_dir: Path) -> None:
         target.chmod(staged.mode)
 
 
+# What the pack hook leaves in the output directory: files, and the icons directory of files.
+PACK_OUTPUTS = (*manifest.IMAGE_FILES, "pack.json")
+ICON_DIR = "icons"
+
+
+def check_outputs(out_dir: Path, log: Path | None = None) -> None:
+    """Refuse an output directory holding anything but the pack hook's regular files (and
+    ``icons/`` of regular files). In unshare mode the directory is writable from mmdebstrap's
+    namespace, where the image's own scripts ran: a symlink planted there (``vmlinuz ->
+    /etc/shadow``) would be read later by whoever reads the image. Raises ``BuildError``."""
+    def refuse(name: str, what: str) -> BuildError:
+        return BuildError(f"the image build left {what} at {out_dir / name}, not a regular "
+                          "file; the build was tampered with: build again", log)
+
+    for entry in os.scandir(out_dir):
+        if entry.name == ICON_DIR and entry.is_dir(follow_symlinks=False):
+            for icon in os.scandir(entry.path):
+                if not icon.is_file(follow_symlinks=False):
+                    raise refuse(f"{ICON_DIR}/{icon.name}", "a link or special file")
+        elif entry.name not in PACK_OUTPUTS:
+            raise refuse(entry.name, "an unexpected entry")
+        elif not entry.is_file(follow_symlinks=False):
+            raise refuse(entry.name, "a link or special file")
+    missing = [name for name in PACK_OUTPUTS if not (out_dir / name).is_file()]
+    if missing:
+        raise BuildError(f"the image build did not write {', '.join(missing)}", log)
+
+
 # Known failures, recognised in the build log, with what to do about them.
 def explain_failure(log_text: str, spec: ImageSpec) -> str:
     """A plain sentence for what went wrong, from the build log (pure, for tests)."""
@@ -253,6 +281,7 @@ def build_image(
         status = _run_logged(command, log, {"TMPDIR": str(tmp_dir)}, on_stage)
         if status != 0:
             raise BuildError(explain_failure(_read_log(log), spec), log)
+        check_outputs(out_dir, log)
         pack_info = json.loads((out_dir / "pack.json").read_text())
         (out_dir / "pack.json").unlink()
         seconds = time.monotonic() - started

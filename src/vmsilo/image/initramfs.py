@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from vmsilo.image import cpio
+from vmsilo.image.imageroot import ImageRoot
 from vmsilo.image.modules import ModuleError, ModuleIndex, module_name
 
 # What the init script needs, in load order; dependencies come from modules.dep. Devices
@@ -59,14 +60,18 @@ def is_static_elf(data: bytes) -> bool:
     return True
 
 
-def _decompressed(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".zst"):
+# Far above any module or index file; a bigger one is not a kernel's.
+FILE_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _decompressed(image: ImageRoot, path: str) -> bytes:
+    if path.endswith(".zst"):
         raise InitramfsError(f"{path}: zstd-compressed modules are not supported")
+    data = image.read_bytes(path, FILE_MAX_BYTES)
+    if path.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.endswith(".gz"):
+        return gzip.decompress(data)
     return data
 
 
@@ -84,17 +89,22 @@ class Initramfs:
     modules: list[str]
 
 
-def build(root: Path, kernel_version: str) -> Initramfs:
-    """The initramfs for the kernel ``kernel_version`` of the guest root at ``root``."""
-    moddir = root / "lib/modules" / kernel_version
+def build(image: ImageRoot | Path, kernel_version: str) -> Initramfs:
+    """The initramfs for the kernel ``kernel_version`` of the guest root ``image``. Every file
+    (the module index, the modules it names, busybox) is read through ``ImageRoot``: resolved
+    inside the image root, never following a link into the host."""
+    if isinstance(image, Path):
+        with ImageRoot(image) as opened:
+            return build(opened, kernel_version)
+    moddir = f"lib/modules/{kernel_version}"
 
     def optional_file(name: str) -> str:
-        path = moddir / name
-        return path.read_text() if path.exists() else ""
+        path = f"{moddir}/{name}"
+        return image.read_text(path, FILE_MAX_BYTES) if image.is_file(path) else ""
 
     try:
         index = ModuleIndex.parse(
-            (moddir / "modules.dep").read_text(),
+            image.read_text(f"{moddir}/modules.dep", FILE_MAX_BYTES),
             optional_file("modules.builtin"),
             optional_file("modules.softdep"),
             optional_file("modules.alias"),
@@ -108,7 +118,8 @@ def build(root: Path, kernel_version: str) -> Initramfs:
     except ModuleError as exc:
         raise InitramfsError(f"kernel {kernel_version}: {exc}") from exc
 
-    busybox = (root / "bin/busybox").read_bytes() if (root / "bin/busybox").exists() else b""
+    busybox = (image.read_bytes("bin/busybox", FILE_MAX_BYTES)
+               if image.is_file("bin/busybox") else b"")
     if not is_static_elf(busybox):
         raise InitramfsError(
             "the guest root has no statically linked /bin/busybox (package busybox-static)"
@@ -126,12 +137,22 @@ def build(root: Path, kernel_version: str) -> Initramfs:
     for entry in module_paths:
         optional = entry.startswith("?")
         rel = entry.removeprefix("?")
+        if rel.startswith("/") or ".." in rel.split("/"):
+            # depmod writes paths below the module directory; this one would name a file
+            # elsewhere in the image (or, unresolved, on the host) and a cpio name with "..".
+            raise InitramfsError(f"kernel {kernel_version}: modules.dep names {rel!r}, not a "
+                                 f"path below /lib/modules/{kernel_version}; rebuild the image "
+                                 "with the distribution's depmod")
         stored_rel = rel
         for suffix in (".xz", ".gz", ".zst"):
             stored_rel = stored_rel.removesuffix(suffix)
         target = PurePosixPath("lib/modules", kernel_version, stored_rel)
         _with_parents(target, dirs, entries)
-        entries.append(cpio.Entry.file(str(target), _decompressed(moddir / rel), 0o644))
+        try:
+            data = _decompressed(image, f"{moddir}/{rel}")
+        except OSError as exc:
+            raise InitramfsError(f"kernel {kernel_version}: module {rel}: {exc}") from exc
+        entries.append(cpio.Entry.file(str(target), data, 0o644))
         stored.append(("?" if optional else "") + stored_rel)
     entries.append(cpio.Entry.file("init", init_script(stored).encode(), 0o755))
     archive = gzip.compress(cpio.write(entries), compresslevel=6, mtime=0)

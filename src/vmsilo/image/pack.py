@@ -6,12 +6,17 @@ with ``mkfs.erofs``, copies the kernel out of ``/boot``, writes our initramfs, a
 what the manifest needs (kernel version, packages, desktop entries) in ``pack.json``. The
 build module assembles the manifest from it. Invoked as
 ``python -m vmsilo.image.pack ROOT OUTDIR COMPRESSION``.
+
+It runs as host root (root mode) over a tree the image's packages and scripts wrote: every
+path taken from the image (desktop entries, the dpkg status, ``/lib/modules``, the kernel,
+busybox, the junk it empties, ``/etc/machine-id`` it truncates) goes through
+``imageroot.ImageRoot``, which resolves it inside the image root and never follows a link
+into the host (nor onto the host's ``/proc``, ``/sys`` or ``/dev`` mounted in the root).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,9 +25,12 @@ from typing import Any
 from vmsilo.desktop import icons
 from vmsilo.host import proc
 from vmsilo.image import initramfs
+from vmsilo.image.imageroot import ImageRoot
 
 DESKTOP_ENTRY_MAX_BYTES = 64 * 1024
 DESKTOP_ENTRIES_MAX = 1000
+DPKG_STATUS_MAX_BYTES = 64 * 1024 * 1024
+KERNEL_MAX_BYTES = 256 * 1024 * 1024
 
 # Removed before packing; mmdebstrap's own cleanup would come too late (after hooks).
 _JUNK = (
@@ -41,30 +49,26 @@ def stage(name: str) -> None:
     print(f"vmsilo-stage: {name}", flush=True)
 
 
-def clean_root(root: Path) -> None:
+def _apt_keeps(name: str, is_dir: bool) -> bool:
+    """apt's own ``partial/`` directories and ``lock`` files stay in the emptied caches."""
+    return name == ("partial" if is_dir else "lock")
+
+
+def clean_root(image: ImageRoot) -> None:
+    """Empty the junk directories (or remove junk files) and ``/tmp``, and empty
+    ``/etc/machine-id``. A symlink where a directory or file was expected is removed itself:
+    its target, in the image or on the host, is never emptied or truncated."""
     for rel in _JUNK:
-        path = root / rel
-        if path.is_dir() and not path.is_symlink():
-            for child in path.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    if child.name != "partial":
-                        shutil.rmtree(child)
-                elif child.name != "lock":
-                    child.unlink()
-        elif path.exists():
-            path.unlink()
-    for child in (root / "tmp").iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+        image.clean_dir(rel, keep=_apt_keeps)
+    image.clean_dir("tmp")
     # Empty (not "uninitialized"): systemd makes a transient id per boot and every VM
     # started from this image gets its own.
-    (root / "etc/machine-id").write_text("")
+    image.write_empty("etc/machine-id")
 
 
-def kernel_version(root: Path) -> str:
-    versions = sorted(p.name for p in (root / "lib/modules").iterdir() if p.is_dir())
+def kernel_version(image: ImageRoot) -> str:
+    versions = [name for name in image.listdir("lib/modules")
+                if image.is_dir(f"lib/modules/{name}")]
     if len(versions) != 1:
         raise SystemExit(f"vmsilo-pack: expected one kernel in /lib/modules, found {versions}")
     return versions[0]
@@ -89,16 +93,21 @@ def installed_packages(status_text: str) -> dict[str, str]:
     return dict(sorted(result.items()))
 
 
-def desktop_entries(root: Path) -> list[dict[str, str]]:
-    """Raw text of the image's ``/usr/share/applications/*.desktop`` files, size-capped."""
+def desktop_entries(image: ImageRoot) -> list[dict[str, str]]:
+    """Raw text of the image's ``/usr/share/applications/*.desktop`` files, size-capped. An
+    entry that is a link is read where it leads inside the image; one that leads nowhere
+    there (or to something not a regular file, or too big) is left out."""
     entries: list[dict[str, str]] = []
-    appdir = root / "usr/share/applications"
-    if not appdir.is_dir():
+    appdir = "usr/share/applications"
+    if not image.is_dir(appdir):
         return entries
-    for path in sorted(appdir.glob("*.desktop"))[:DESKTOP_ENTRIES_MAX]:
-        if not path.is_file() or path.stat().st_size > DESKTOP_ENTRY_MAX_BYTES:
+    names = [n for n in image.listdir(appdir) if n.endswith(".desktop")]
+    for name in names[:DESKTOP_ENTRIES_MAX]:
+        try:
+            text = image.read_text(f"{appdir}/{name}", DESKTOP_ENTRY_MAX_BYTES)
+        except OSError:
             continue
-        entries.append({"file": path.name, "text": path.read_text(errors="replace")})
+        entries.append({"file": name, "text": text})
     return entries
 
 
@@ -114,11 +123,16 @@ def erofs_command(root: Path, output: Path, compression: str) -> list[str]:
 
 
 def pack(root: Path, outdir: Path, compression: str) -> dict[str, Any]:
-    version = kernel_version(root)
-    packages = installed_packages((root / "var/lib/dpkg/status").read_text())
-    entries = desktop_entries(root)
+    with ImageRoot(root) as image:
+        return _pack(image, root, outdir, compression)
+
+
+def _pack(image: ImageRoot, root: Path, outdir: Path, compression: str) -> dict[str, Any]:
+    version = kernel_version(image)
+    packages = installed_packages(image.read_text("var/lib/dpkg/status", DPKG_STATUS_MAX_BYTES))
+    entries = desktop_entries(image)
     icons.collect(root, entries, outdir / "icons")
-    clean_root(root)
+    clean_root(image)
 
     stage("pack")
     # A non-recursive bind mount shows the root without the API filesystems mmdebstrap has
@@ -132,8 +146,8 @@ def pack(root: Path, outdir: Path, compression: str) -> dict[str, Any]:
         view.rmdir()
 
     stage("kernel+initramfs")
-    shutil.copyfile(root / "boot" / f"vmlinuz-{version}", outdir / "vmlinuz")
-    built = initramfs.build(root, version)
+    image.copy_out(f"boot/vmlinuz-{version}", outdir / "vmlinuz", KERNEL_MAX_BYTES)
+    built = initramfs.build(image, version)
     (outdir / "initrd.img").write_bytes(built.archive)
     info: dict[str, Any] = {
         "kernelVersion": version,

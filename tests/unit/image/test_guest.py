@@ -10,6 +10,7 @@ import pytest
 
 from vmsilo.errors import UserError
 from vmsilo.image import build, guest, initramfs
+from vmsilo.image.imageroot import ImageRoot
 from vmsilo.image.pack import desktop_entries, erofs_command, installed_packages
 from vmsilo.image.spec import GuestFile, ImageSpec
 
@@ -189,7 +190,9 @@ def test_desktop_entries_are_raw_and_capped(tmp_path: Path) -> None:
     (apps / "a.desktop").write_text("[Desktop Entry]\nName=A\n")
     (apps / "big.desktop").write_text("x" * (64 * 1024 + 1))
     (apps / "notes.txt").write_text("no")
-    assert desktop_entries(tmp_path) == [{"file": "a.desktop", "text": "[Desktop Entry]\nName=A\n"}]
+    with ImageRoot(tmp_path) as image:
+        assert desktop_entries(image) == [{"file": "a.desktop",
+                                           "text": "[Desktop Entry]\nName=A\n"}]
 
 
 def test_erofs_command_compression() -> None:
