@@ -2,8 +2,12 @@
 # Installs what vmsilo needs, from nothing, on Debian: the system packages (only when run as
 # root and only those missing), then a virtual environment in .venv with vmsilo and its
 # development tools. Safe to run again: it does only what is missing or out of date.
+# Run as another user with packages missing, it names them all, with the one command that
+# installs them, and stops before doing anything (exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Tests point this at an empty directory to see every package as missing.
+PKG_ROOT=${VMSILO_BOOTSTRAP_PKG_ROOT:-}
 
 # Debian package -> a file it provides, to tell whether it is installed without dpkg queries
 # that differ between releases.
@@ -21,6 +25,8 @@ declare -A PACKAGES=(
   [bubblewrap]=/usr/bin/bwrap
   [cpio]=/usr/bin/cpio
   [desktop-file-utils]=/usr/bin/desktop-file-validate
+  # newuidmap/newgidmap: image builds without root (mmdebstrap --mode=unshare) and user mode.
+  [uidmap]=/usr/bin/newuidmap
   # Wayland: waypipe carries guest windows; the protocol XML gives the filter its tables;
   # weston (headless) is the compositor the tests and benches show windows on.
   [waypipe]=/usr/bin/waypipe
@@ -31,11 +37,13 @@ declare -A PACKAGES=(
 )
 
 missing=()
-for pkg in "${!PACKAGES[@]}"; do
-  [ -e "${PACKAGES[$pkg]}" ] || missing+=("$pkg")
+for pkg in $(printf '%s\n' "${!PACKAGES[@]}" | sort); do
+  [ -e "$PKG_ROOT${PACKAGES[$pkg]}" ] || missing+=("$pkg")
 done
 # Debian's own python3 needs python3-venv to make a virtual environment with pip in it.
-python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ -n "$PKG_ROOT" ] || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
@@ -44,7 +52,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
   else
-    echo "bootstrap: missing Debian packages (run as root to install them): ${missing[*]}" >&2
+    # All of them at once, before anything is done: a half set-up fails later, one
+    # package at a time (an image build without uidmap, a test without weston).
+    {
+      echo "bootstrap: missing Debian packages: ${missing[*]}"
+      echo "bootstrap: install them as root, then run this again:"
+      echo "  sudo apt-get install --no-install-recommends ${missing[*]}"
+    } >&2
+    exit 1
   fi
 fi
 
