@@ -14,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from vmsilo.protocol import cmdline
+
 
 class OverlayKind(Enum):
     DISK = "disk"  # sparse raw file, formatted ext4 by the guest's init at first boot
@@ -142,7 +144,8 @@ class LaunchSpec:
         params += self.guest_features
         params += vmm_params
         params += self.kernel_params
-        return " ".join(params)
+        # Each must be exactly one word (a saved launch spec is re-checked too).
+        return cmdline.join(params)
 
 
 def spec_to_json(spec: LaunchSpec) -> dict[str, object]:
