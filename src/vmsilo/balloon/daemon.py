@@ -7,6 +7,12 @@ has a balloon, and the balloon's QMP socket. inotify wakes the loop when VM dire
 and go (so a new VM is seen at once, not a tick later); every tick also rescans, so a missed
 event costs at most one interval. A VM whose VMM cannot be reached, or that sends a malformed
 reply, is dropped for the tick and reported; it is retried on the next.
+
+balloond outlives a vmsilod *restart* (the VMs keep running and keep being balanced), but not
+vmsilod's end: once it has seen vmsilod's control socket, it exits when that socket is gone
+and no VM with a balloon remains (vmsilod also stops it at an exit that leaves no VM running;
+this covers VMs that outlived vmsilod and ended later). A balloond run by hand, with no
+vmsilod ever, is left to run.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ log = logging.getLogger("vmsilo-balloond")
 
 STATUS_FILE = "balloond.json"
 SPEC_FILE = "launch.json"
+CONTROL_SOCKET = "control.socket"  # vmsilod's, in the same run directory (host/paths.py)
 
 DriverFactory = Callable[[str, Path], BalloonDriver]
 
@@ -102,6 +109,15 @@ class Balloond:
         self.ticks = 0
         self.cpu_seconds = 0.0  # this process's CPU time spent in ticks
         self._wake = asyncio.Event()
+        self._seen_vmsilod = False
+
+    def orphaned(self) -> bool:
+        """True once vmsilod has ended for good as far as balloond can tell: its control socket,
+        seen before, is gone, and no VM with a balloon is left (after a tick's rescan)."""
+        if (self.run_dir / CONTROL_SOCKET).exists():
+            self._seen_vmsilod = True
+            return False
+        return self._seen_vmsilod and not self.vms
 
     @property
     def status_path(self) -> Path:
@@ -220,7 +236,7 @@ class Balloond:
         # status file's rewrites are not (they would wake us in a loop).
         async for event in inotify:
             name = event.name.name if event.name is not None else ""
-            if event.mask & is_dir or name == BALLOON_SOCKET:
+            if event.mask & is_dir or name in (BALLOON_SOCKET, CONTROL_SOCKET):
                 self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -251,6 +267,9 @@ class Balloond:
                     except (OSError, ValueError) as exc:
                         log.error("tick failed: %s", exc)
                         interval = self.settings.poll_interval
+                    if self.orphaned():
+                        log.info("vmsilod has ended and no VM is left; exiting")
+                        break
                     self._wake.clear()
                     stopping = asyncio.ensure_future(stop.wait())
                     woken = asyncio.ensure_future(self._wake.wait())

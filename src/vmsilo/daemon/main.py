@@ -217,6 +217,10 @@ class Daemon:
         await self.supervisor.shutdown()
         self.dbus_proxies.stop_all()
         self.wayland.stop_all()
+        # vmsilod's end for good leaves nothing behind; VMs left running mean a restart to
+        # be (the next vmsilod re-adopts them) and balloond keeps balancing them meanwhile.
+        if not any(vm.vmm is not None for vm in self.supervisor.vms.values()):
+            balloond.stop_for_good(self.paths)
 
 
 def check_id_blocks(resolved: Resolved) -> None:

@@ -63,13 +63,9 @@ def test_ready_and_stopping_are_reported_to_systemd(tmp_path: Path) -> None:
         daemon.kill()
         notify.close()
     assert not (tmp_path / "root" / "run" / "control.socket").exists()
-    # balloond outlives vmsilod (it keeps balancing running VMs), and leaves with the
-    # runtime directory.
-    assert Path(f"/proc/{balloond_pid}").exists()
-    shutil.rmtree(tmp_path / "root" / "run")
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{balloond_pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # No VM ran at vmsilod's end, so it ended for good and balloond went with it (issue 15;
+    # a vmsilod that ends with VMs running leaves it balancing them for the next one:
+    # tests/integration/balloon/test_balloond_lifetime.py).
     assert not Path(f"/proc/{balloond_pid}").exists()
 
 
