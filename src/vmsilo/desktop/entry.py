@@ -261,7 +261,7 @@ def resolve_field_codes(args: list[str]) -> list[str]:
             elif len(code) < 2:
                 raise EntryRejected("Exec ends with a lone %")
             else:
-                raise EntryRejected(f"Exec has the field code {code} inside an argument")
+                raise EntryRejected(f"Exec has the field code {code!r} inside an argument")
             i += 2
         out.append("".join(text))
     if not out:

@@ -24,6 +24,7 @@ from xml.sax.saxutils import escape
 
 from vmsilo.desktop.entry import EntryRejected, encode_string, parse, render
 from vmsilo.desktop.names import PREFIX, encode_part, entry_stem
+from vmsilo.protocol.text import clean_display_text
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,10 @@ def directory_file(vm: str) -> str:
 
 def _write(path: Path, text: str, report: Report) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.read_text(errors="replace") == text:
+    if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
         return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")  # the format's encoding, whatever the locale
     tmp.replace(path)
     report.written.append(path)
 
@@ -126,6 +127,9 @@ def install(
     for vm, entries in sorted(entries_by_vm.items()):
         for raw in entries:
             file_id = str(raw.get("file", ""))
+            # The guest chose the file name: shown in reports and logs only cleaned (no
+            # terminal escapes, no line breaks).
+            shown = clean_display_text(file_id, max_len=255)
             try:
                 stem = entry_stem(vm, file_id)
                 entry = parse(file_id, str(raw.get("text", "")).encode())
@@ -142,12 +146,12 @@ def install(
                         wanted.add(target)
                 text = render(entry, vm, icon_path, category(vm))
             except (EntryRejected, ValueError) as exc:
-                report.rejected.append(f"{vm}: {file_id}: {exc}")
-                log.info("VM %s: desktop entry %s left out: %s", vm, file_id, exc)
+                report.rejected.append(f"{vm}: {shown}: {exc}")
+                log.info("VM %s: desktop entry %s left out: %s", vm, shown, exc)
                 continue
             for what in entry.dropped:
-                report.dropped.append(f"{vm}: {file_id}: {what}")
-                log.info("VM %s: desktop entry %s: dropped %s", vm, file_id, what)
+                report.dropped.append(f"{vm}: {shown}: {what}")
+                log.info("VM %s: desktop entry %s: dropped %s", vm, shown, what)
             path = targets.applications / f"{stem}.desktop"
             _write(path, text, report)
             wanted.add(path)

@@ -123,3 +123,16 @@ def test_an_injected_exec_line_never_reaches_the_host_file(tmp_path: Path) -> No
     lines = (targets.applications / "vmsilo-work-xterm.desktop").read_text().split("\n")
     assert [line for line in lines if line.startswith("Exec")] == [
         'Exec=vm-run work -- a "\\nExec=touch /tmp/x\\nX="']
+
+
+def test_guest_file_names_and_text_are_shown_cleaned_and_never_crash(tmp_path: Path) -> None:
+    targets = Targets.for_home(tmp_path)
+    escape = {**GOOD, "file": "a\x1b[2J\nb.desktop", "text": GOOD["text"] + "Name[x y]=z\n"}
+    surrogate = {**GOOD, "file": "s\ud800.desktop"}
+    broken = {**GOOD, "file": "t.desktop", "text": GOOD["text"] + "Comment=\ud800\n"}
+    report = install({"work": [escape, surrogate, broken]}, targets)
+    assert report.dropped == ["work: a [2J b.desktop: 'Name[x y]': not a key=value line with a "
+                              "valid key (and locale)"]
+    assert [r.split(": ")[1] for r in report.rejected] == ["s.desktop", "t.desktop"]
+    assert sorted(p.name for p in targets.applications.iterdir()) == [
+        "vmsilo-work-a_1B_5B2J_0Ab.desktop"]
