@@ -49,7 +49,11 @@ class ImagePathError(OSError):
 
 
 def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p not in ("", ".")]
+    """Components of ``path``. "." stays (``file/.`` is ENOTDIR, as to the kernel) and a
+    trailing "/" becomes "." (it too says "a directory")."""
+    parts = path.split("/")
+    trailing = len(parts) > 1 and parts[-1] == "" and any(parts[:-1])
+    return [p for p in parts if p != ""] + (["."] if trailing else [])
 
 
 class ImageRoot:
@@ -94,6 +98,8 @@ class ImageRoot:
                     continue
                 here = stack[-1]
                 last = not pending
+                if name == "." and not last:
+                    continue  # the directory we are in (what came before it was one)
                 if last and not follow_last:
                     if name == ".":
                         raise ImagePathError(errno.EINVAL, path, "names a directory by '..' "

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vmsilo.image.imageroot import MAX_SYMLINKS, ImagePathError, ImageRoot
 
@@ -187,3 +190,98 @@ def test_copy_out_writes_the_image_file(layout: tuple[Path, Path], tmp_path: Pat
     with ImageRoot(root) as image:
         image.copy_out("boot/vmlinuz-6.1", tmp_path / "vmlinuz")
     assert (tmp_path / "vmlinuz").read_bytes() == b"the image's own file\n"
+
+
+# --- the kernel as the oracle: openat2(2) with RESOLVE_IN_ROOT ---------------------------------
+
+def _openat2_in_root(root_fd: int, path: str) -> int:
+    """openat2(root_fd, path, O_RDONLY, RESOLVE_IN_ROOT): the kernel's resolution of ``path``
+    inside the root; raises OSError like open()."""
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                    ("resolve", ctypes.c_uint64)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = OpenHow(os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0, 0x10)  # RESOLVE_IN_ROOT
+    fd = libc.syscall(437, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    return int(fd)
+
+
+def _kernel_read(root: Path, path: str) -> bytes | None:
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = _openat2_in_root(root_fd, path)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def _ours(image: ImageRoot, path: str) -> bytes | None:
+    try:
+        return image.read_bytes(path)
+    except OSError:
+        return None
+
+
+NAMES = ["a", "b", "f", "l", "m"]
+TARGETS = ["/", ".", "..", "/a", "a", "../a", "/a/f", "a/f", "../../f", "/../b/l", "l",
+           "/l", "m/f", "/b/../a/l", "f", "/outside", "../../../outside"]
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    """(directory, name, kind:payload) entries: files, directories and symlinks."""
+    entries = []
+    for directory in ("", "a", "b"):
+        for name in draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=4)):
+            if f"{directory}/{name}".strip("/") in ("a", "b"):
+                continue  # a and b are the directories
+            kind = draw(st.sampled_from(["file", "link"]))
+            payload = (f"{directory}/{name}" if kind == "file"
+                       else draw(st.sampled_from(TARGETS)))
+            entries.append((directory, name, f"{kind}:{payload}"))
+    return entries
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees(), queries=st.lists(
+    st.lists(st.sampled_from([*NAMES, "..", ".", "", "outside"]), min_size=1, max_size=4)
+    .map("/".join), min_size=1, max_size=8))
+def test_resolution_matches_the_kernel_s_resolve_in_root(
+    tmp_path: Path, tree: list[tuple[str, str, str]], queries: list[str],
+) -> None:
+    """Whatever links the image holds, ImageRoot reads exactly the file openat2(2) with
+    RESOLVE_IN_ROOT opens (or fails where it fails); a file outside the root is never read."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    (base / "outside").write_bytes(b"OUTSIDE")
+    root = base / "root"
+    for d in ("a", "b"):
+        (root / d).mkdir(parents=True)
+    for directory, name, spec in tree:
+        kind, payload = spec.split(":", 1)
+        path = root / directory / name
+        if kind == "file":
+            path.write_bytes(payload.encode())
+        else:
+            path.symlink_to(payload)
+    with ImageRoot(root) as image:
+        for query in queries:
+            for path in (query, "/" + query):
+                ours = _ours(image, path)
+                assert ours == _kernel_read(root, path), (path, tree)
+                assert ours != b"OUTSIDE"
