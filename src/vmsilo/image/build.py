@@ -166,6 +166,43 @@ def check_outputs(out_dir: Path, log: Path | None = None) -> None:
         raise BuildError(f"the image build did not write {', '.join(missing)}", log)
 
 
+# newuidmap maps mmdebstrap's namespace onto the user's subordinate ids: 65,536 of them
+# (a Debian system's uids and gids) at least.
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+SUBIDS_NEEDED = 65536
+
+
+def subid_count(user: str, uid: int, text: str) -> int:
+    """The largest subordinate range ``user`` (or ``uid``) has in a subuid(5)/subgid(5) file:
+    lines ``name-or-id:first:count``; malformed lines are skipped."""
+    best = 0
+    for line in text.splitlines():
+        owner, _, rest = line.strip().partition(":")
+        first, _, count = rest.partition(":")
+        if owner in (user, str(uid)) and first.isdigit() and count.isdigit():
+            best = max(best, int(count))
+    return best
+
+
+def check_subids(user: str, uid: int, files: tuple[Path, ...] = SUBID_FILES) -> None:
+    """Fail before any work when a build without root cannot map its namespace (subuid(5)),
+    naming the one command that fixes it."""
+    short = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            text = ""
+        if subid_count(user, uid, text) < SUBIDS_NEEDED:
+            short.append(str(path))
+    if short:
+        raise UserError(
+            f"building images without root needs {SUBIDS_NEEDED} subordinate ids for "
+            f"{user} in {' and '.join(short)} (none or too few there); as root: usermod "
+            f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user} (pick a range "
+            "no other user has), or build as root")
+
+
 # Known failures, recognised in the build log, with what to do about them.
 def explain_failure(log_text: str, spec: ImageSpec) -> str:
     """A plain sentence for what went wrong, from the build log (pure, for tests)."""
@@ -239,6 +276,10 @@ def build_image(
 
     mode = "root" if os.geteuid() == 0 else "unshare"
     check_tools(unshare=mode == "unshare")
+    if mode == "unshare":
+        import pwd
+
+        check_subids(pwd.getpwuid(os.geteuid()).pw_name, os.geteuid())
     started = time.monotonic()
     log = log_path(paths, digest)
     try:

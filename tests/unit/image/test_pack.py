@@ -122,3 +122,28 @@ def test_build_accepts_only_the_hooks_regular_files(tmp_path: Path) -> None:
     (tmp_path / "extra").write_bytes(b"")
     with pytest.raises(BuildError, match="an unexpected entry"):
         check_outputs(tmp_path)
+
+
+def test_subordinate_ids_are_counted_per_user() -> None:
+    from vmsilo.image.build import subid_count
+
+    text = "alice:100000:65536\n1001:165536:1000\nbob:x:y\n\nbob:200000:65536\n"
+    assert subid_count("alice", 1000, text) == 65536
+    assert subid_count("carol", 1001, text) == 1000  # by uid
+    assert subid_count("bob", 1002, text) == 65536  # the malformed line is skipped
+    assert subid_count("dave", 1003, text) == 0
+
+
+def test_a_build_without_root_and_without_subids_names_the_fix(tmp_path: Path) -> None:
+    from vmsilo.errors import UserError
+    from vmsilo.image.build import check_subids
+
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("alice:100000:65536\n")
+    subgid.write_text("alice:100000:1000\n")
+    check_subids("alice", 1000, (subuid,))
+    with pytest.raises(UserError, match=r"subgid \(none or too few there\); as root: usermod "
+                       r"--add-subuids 100000-165535 --add-subgids 100000-165535 alice"):
+        check_subids("alice", 1000, (subuid, subgid))
+    with pytest.raises(UserError, match=r"missing and .*subgid"):
+        check_subids("alice", 1000, (tmp_path / "missing", subgid))
