@@ -21,6 +21,7 @@ pytestmark = pytest.mark.allow_subprocess
         ("fuzz_wayland.py", ["wayland"]),
         ("fuzz_decoders.py", ["mux", "exec_to_host", "exec_to_guest"]),
         ("fuzz_encoders.py", ["encoders"]),
+        ("fuzz_exec_text.py", ["exec_text"]),
     ],
 )
 def test_fuzz_target_finds_nothing(target: str, corpora: list[str], tmp_path: Path) -> None:
