@@ -43,8 +43,11 @@ from vmsilo.protocol.exec import (
     encode_message,
     read_message,
 )
+from vmsilo.protocol.text import clean_display_text
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_TEXT = 1024  # characters of a guest's ErrorReply shown
 
 Sink = Callable[[bytes], Awaitable[None]]
 StdinSource = bytes | AsyncIterable[bytes] | None
@@ -127,7 +130,9 @@ class ExecSession:
             return message
         await self.stream.close()
         if isinstance(message, ErrorReply):
-            raise ExecError(f"vm {self.vm_name}: {message.message}")
+            # The guest's words reach the user's terminal and logs: one visible line.
+            reason = clean_display_text(message.message, max_len=MAX_ERROR_TEXT)
+            raise ExecError(f"vm {self.vm_name}: {reason}")
         log.warning("vm %s: unexpected %s on an exec stream", self.vm_name, type(message).__name__)
         raise ProtocolError(f"vm {self.vm_name}: unexpected {type(message).__name__}")
 
