@@ -44,11 +44,15 @@ def resolve_in_root(root: Path, path: str) -> Path | None:
     link-free components (``root`` itself is the caller's, trusted, and resolved first)."""
     base = root.resolve()
     done: list[str] = []  # components below root, each a real directory (or the last, any)
-    pending = [p for p in path.split("/") if p not in ("", ".")]
+    # "" and "." stay in the queue: they change nothing, but like any later component they
+    # require what comes before them to be a directory ("icon.png/." is no file).
+    pending = path.split("/")
     pending.reverse()
     links = 0
     while pending:
         part = pending.pop()
+        if part in ("", "."):
+            continue
         if part == "..":
             if done:
                 done.pop()
@@ -68,7 +72,7 @@ def resolve_in_root(root: Path, path: str) -> Path | None:
                 return None
             if target.startswith("/"):
                 done = []
-            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            pending.extend(reversed(target.split("/")))
             continue
         if pending and not stat.S_ISDIR(info.st_mode):
             return None
