@@ -3,6 +3,7 @@ and paths that try to leave the root."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -124,3 +125,12 @@ def test_icon_names_in_the_image_are_injective(tmp_path: Path) -> None:
     collect(root, entries, tmp_path / "icons")
     names = [e["icon"] for e in entries]
     assert names == ["a_20b.png", "a_5Fb.svg", "a_5F20b.png"]
+
+
+def test_a_fifo_or_a_directory_named_like_an_icon_is_no_icon(tmp_path: Path) -> None:
+    pixmaps = tmp_path / "usr/share/pixmaps"
+    pixmaps.mkdir(parents=True)
+    os.mkfifo(pixmaps / "fifo.png")  # opening it for reading must not hang the build
+    (pixmaps / "dir.svg").mkdir()
+    assert find_icon(tmp_path, "fifo") is None
+    assert find_icon(tmp_path, "dir") is None
