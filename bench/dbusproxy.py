@@ -67,10 +67,11 @@ async def run() -> tuple[list[float], list[float]]:
             a, b = socket.socketpair()
             hr, hw = await asyncio.open_unix_connection(sock=a)
             gr, gw = await asyncio.open_unix_connection(sock=b)
-            # The benchmark measures throughput, not the flood guard: no rate limit here.
+            # The benchmark measures throughput, not the flood guard: no rate limits here.
             host = HostProxy("bench", (255, 0, 0), host_address, hr, hw,
                              rate=RateLimit(rate=1e9, burst=10**9))
-            guest = GuestProxy(guest_address, gr, gw)
+            guest = GuestProxy(guest_address, gr, gw,
+                               notify_rate=RateLimit(rate=1e9, burst=10**9))
             tasks = [asyncio.create_task(host.run()), asyncio.create_task(guest.run())]
             await asyncio.sleep(0.5)
             direct_client = await MessageBus(bus_address=host_address).connect()

@@ -245,7 +245,8 @@ class GuestProxy:
     has not been told the latest of in ``_dirty``) and a queue of notification messages."""
 
     def __init__(self, bus_address: str | None, reader: asyncio.StreamReader | None = None,
-                 writer: asyncio.StreamWriter | None = None) -> None:
+                 writer: asyncio.StreamWriter | None = None, *,
+                 notify_rate: wire.RateLimit | None = None) -> None:
         self.bus_address = bus_address
         self.reader = reader
         self.writer = writer
@@ -254,7 +255,7 @@ class GuestProxy:
         self.owners: dict[str, str] = {}  # unique bus name -> item id
         self.item_state: dict[str, ItemProps] = {}
         self.menus: dict[str, MenuNode] = {}
-        self.notify_rate = wire.RateLimit(NOTIFY_RATE, NOTIFY_BURST)
+        self.notify_rate = notify_rate or wire.RateLimit(NOTIFY_RATE, NOTIFY_BURST)
         self.tray_rate = wire.RateLimit(TRAY_RATE, TRAY_BURST)
         self.outbox: deque[Notify | NotifyClose] = deque()
         self.dropped = 0  # notifications dropped from a full outbox, not yet logged
