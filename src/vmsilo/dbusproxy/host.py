@@ -11,7 +11,8 @@ shown literally either way); actions (opaque keys) and closes come back.
 
 Every guest string shown on the host is cleaned first (``wire.one_line``: no newline, control,
 bidi or format character, so nothing after "[<vm>] " can start a line of its own that says
-"[banking]"; bodies and tooltip texts line by line with ``wire.body_text``).
+"[banking]"; bodies and tooltip texts line by line with ``wire.body_text``, the tooltip text
+then escaped as the StatusNotifierItem spec makes it markup).
 
 Everything from the guest passes ``protocol.dbusproxy.decode_from_guest``; a violation closes
 this connection (logged with the VM's name; ``host_main`` connects again later). Volume is no
@@ -149,9 +150,11 @@ class TrayItem(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def ToolTip(self) -> sig.TOOLTIP:
+        # The StatusNotifierItem spec lets the tooltip's text carry markup (Plasma renders
+        # it): the guest's plain text is escaped for it, the title is plain text.
         title = wire.one_line(self.props.tooltip_title or self.props.title, wire.MAX_TITLE)
-        return ["", [], self.proxy.label(title),
-                wire.body_text(self.props.tooltip_text, wire.MAX_TOOLTIP)]
+        text = wire.body_text(self.props.tooltip_text, wire.MAX_TOOLTIP)
+        return ["", [], self.proxy.label(title), wire.notification_body(text, markup=True)]
 
     @dbus_property(access=PropertyAccess.READ)
     def ItemIsMenu(self) -> sig.B:

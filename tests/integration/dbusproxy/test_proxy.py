@@ -517,7 +517,7 @@ async def test_display_strings_are_one_clean_line_on_the_host(host_alone: dict[s
         "actions": [["app.reply('x')", "Reply\n[banking]"]]}))
     writer.write(wire.encode({"t": "item-add", "id": "item1", "props": {
         "title": "Mail\n[banking]", "tooltipTitle": "x\u2029[banking]",
-        "tooltipText": "a\u202eb\nc", "menu": True}}))
+        "tooltipText": "a\u202eb\n<b>c</b>", "menu": True}}))
     writer.write(wire.encode({"t": "menu", "id": "item1", "layout": {
         "id": 0, "children": [{"id": 1, "label": "Open\u2028[banking]"}]}}))
     await writer.drain()
@@ -531,7 +531,8 @@ async def test_display_strings_are_one_clean_line_on_the_host(host_alone: dict[s
     name = host.items["item1"].name
     props = await host_props(host_alone["host_bus"], name)
     assert props["Title"] == "[work] Mail [banking]"
-    assert props["ToolTip"][2:] == ["[work] x [banking]", "ab\nc"]
+    # The tooltip text is markup by the StatusNotifierItem spec: the guest's text is escaped.
+    assert props["ToolTip"][2:] == ["[work] x [banking]", "ab\n&lt;b&gt;c&lt;/b&gt;"]
     (_revision, layout) = await call(host_alone["host_bus"], name, "/MenuBar",
                                     "com.canonical.dbusmenu", "GetLayout", "iias", [0, -1, []])
     assert layout[2][0].value[1]["label"].value == "Open [banking]"
