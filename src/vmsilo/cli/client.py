@@ -40,7 +40,11 @@ class Connection:
         self.writer = writer
 
     async def request(self, request: control.Request) -> dict[str, Any]:
-        self.writer.write(control.encode_request(request))
+        try:
+            encoded = control.encode_request(request)
+        except ProtocolError as exc:  # e.g. a VM name the protocol cannot carry
+            raise UserError(f"cannot ask vmsilod that: {exc}") from exc
+        self.writer.write(encoded)
         await self.writer.drain()
         try:
             reply = control.decode_reply(await control.read_line(self.reader))

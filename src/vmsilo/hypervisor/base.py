@@ -51,6 +51,8 @@ class VmmProcess:
     def exited(self) -> bool:
         import select
 
+        if self._pidfd < 0:  # closed: we were done with it
+            return True
         return bool(select.select([self._pidfd], [], [], 0)[0])
 
     @property
@@ -62,18 +64,22 @@ class VmmProcess:
         if not self.exited():
             loop = asyncio.get_running_loop()
             done = loop.create_future()
-            loop.add_reader(self._pidfd, _resolve, done)
+            fd = self._pidfd  # close() may run meanwhile: unregister what was registered
+            loop.add_reader(fd, _resolve, done)
             try:
                 await asyncio.wait_for(done, timeout)
             except TimeoutError:
                 return False
             finally:
-                loop.remove_reader(self._pidfd)
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(fd)
         if self._popen is not None:  # the monitor ends right after the VMM, with its status
             await asyncio.to_thread(self._popen.wait)
         return True
 
     def kill(self) -> None:
+        if self._pidfd < 0:
+            return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
