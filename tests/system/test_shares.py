@@ -1,15 +1,17 @@
 """Shared folders with real VMs and the installed virtiofsd: the shared home (created from the
 template on first start only, owned by the configured user, surviving restarts while the root
 overlay does not), guest root unable to leave root-owned, setuid-root or device files on the
-host through any share, a read-only share the guest cannot write even as root, upstream's
-uidMap/gidMap honoured, two VMs that see only their own shares, and options that cannot be
-honoured refused up front."""
+host through any share, setuid files of the desktop user's in a home out of other accounts'
+reach (``/shared`` is 0750, the user's group), a read-only share the guest cannot write even
+as root, upstream's uidMap/gidMap honoured, two VMs that see only their own shares, and
+options that cannot be honoured, or a share path with a link in it, refused up front."""
 
 from __future__ import annotations
 
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +59,17 @@ cpus = 1
 gpu = false
 sound.playback = false
 sharedHome = false
-sharedDirectories.mapped = {{ path = "{root}/srv/priv", uidMap = ":0:0:1:", cache = "metadata" }}
+sharedDirectories.mapped = {{ path = "{root}/srv/mapped", uidMap = ":0:0:1:", cache = "metadata" }}
+
+[vms.linked]
+memory = 512
+cpus = 1
+gpu = false
+sound.playback = false
+sharedHome = false
+sharedDirectories.docs = {{ path = "{root}/srv/link/docs" }}
 """
+OTHER_ACCOUNT = 12345  # a local account that is not the desktop user
 
 # What guest root tries, as in the issue: a setuid-root shell and a block device node.
 ATTACK = "cd {dir} && cp /bin/sh s && chown 0:0 s && chmod 4755 s; mknod -m 666 disk b 254 0"
@@ -75,6 +86,7 @@ def shares(test_image: None) -> Iterator[RunningDaemon]:
         (root / "srv" / name).mkdir(parents=True)
         os.chown(root / "srv" / name, NOBODY, NOBODY)
     (root / "srv" / "papers" / "paper.txt").write_text("read me\n")
+    (root / "srv" / "link").symlink_to(root / "srv")  # so srv/link/docs is srv/docs
     template = root / "state" / "home-template"
     template.mkdir(parents=True)
     (template / ".welcome").write_text("from the template\n")
@@ -148,6 +160,35 @@ def test_guest_root_leaves_no_root_setuid_root_or_device_file_on_the_host(
             assert st.st_uid == block, path
 
 
+def test_setuid_files_of_the_user_made_by_a_guest_are_out_of_other_accounts_reach(
+    shares: RunningDaemon,
+) -> None:
+    """The guest's user is the desktop user on the host, so it may chmod u+s its own files,
+    and open its home to everyone: /shared (root's, the user's group, 0750) keeps every other
+    local account out all the same."""
+    code, out = run(shares, "homey", "cp /bin/sh ~/mine && chmod 4755 ~/mine && chmod 755 ~")
+    assert code == 0, out
+    home = shares.root / "shared" / "homey"
+    mine = (home / "mine").stat()
+    assert (mine.st_uid, mine.st_mode & stat.S_ISUID) == (NOBODY, stat.S_ISUID)
+    shared = (shares.root / "shared").stat()
+    assert (shared.st_uid, shared.st_gid, stat.S_IMODE(shared.st_mode)) == (0, NOBODY, 0o750)
+    # Another account runs it: the kernel checks the path as that account (setpriv itself
+    # would exec with root's capabilities still in effect, so Python drops them first).
+    with pytest.raises(PermissionError):
+        as_other_account([str(home / "mine"), "-p", "-c", "id -u"])
+    listing = as_other_account(["ls", str(home)])
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr, listing
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # the guest did open its home
+
+
+def as_other_account(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` as another local account. The path is checked as that account: Python drops
+    root's capabilities before the exec (``setpriv --reuid`` would still hold them then)."""
+    return subprocess.run(argv, user=OTHER_ACCOUNT, group=OTHER_ACCOUNT, extra_groups=[],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+
+
 def test_a_uid_map_from_upstream_is_honoured(shares: RunningDaemon) -> None:
     code, out = run(shares, "other", "touch /mnt/priv/by-root; chown 0:0 /mnt/priv/by-root",
                     user="root")  # fmt: skip
@@ -214,3 +255,16 @@ def test_options_that_cannot_be_honoured_are_refused_before_anything_starts(
         assert "install the Rust virtiofsd" in message
     assert not (shares.root / "run" / "strict").exists()  # nothing was set up
     assert shares.status()["strict"]["state"] == "failed"
+
+
+def test_a_share_path_with_a_link_in_it_is_refused_before_anything_starts(
+    shares: RunningDaemon,
+) -> None:
+    result = shares.cli("vm-start", "linked")
+    assert result.returncode == 1
+    message = result.stderr.decode()
+    link = shares.root / "srv" / "link"
+    assert (f"vms.linked.sharedDirectories.docs: {link} is a symbolic link (to "
+            f"'{shares.root / 'srv'}'), on the way to {link / 'docs'}; vmsilo follows no "
+            "link on the way to a share") in message, message
+    assert not (shares.root / "run" / "linked").exists()

@@ -157,7 +157,7 @@ def test_a_swap_while_virtiofsd_runs_leaves_it_serving_the_original_directory(
             served = _served_root(running.pid)
             assert os.path.samestat(served, original)
             assert not os.path.samestat(served, scene.canary.stat())
-        assert running.process is not None and running.process.poll() is None
+            assert running.process is not None and running.process.poll() is None
     finally:
         runner.stop(running)
 

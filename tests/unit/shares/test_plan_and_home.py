@@ -205,3 +205,28 @@ def test_shares_are_refused_when_the_desktop_user_is_root(tmp_path: Path) -> Non
     with pytest.raises(UserError, match=r"VM a shares folders, and the guest's user would be "
                                         r"host root .* set user to the desktop account"):
         service.check(resolve(config).vms["a"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a root-owned directory another group")
+def test_the_shared_root_is_roots_of_the_users_group_and_closed_to_others(
+    tmp_path: Path,
+) -> None:
+    from vmsilo.shares.runner import secure_shared_root
+
+    shared_root = tmp_path / "shared"
+    secure_shared_root(shared_root, NOBODY[1])  # created
+    st = shared_root.stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (0, NOBODY[1], "0o750")
+    shared_root.chmod(0o755)  # as an older vmsilo made it
+    os.chown(shared_root, 0, 0)
+    secure_shared_root(shared_root, NOBODY[1])
+    st = shared_root.stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (0, NOBODY[1], "0o750")
+    os.chown(shared_root, NOBODY[0], NOBODY[1])
+    with pytest.raises(UnsafePath, match="belongs to uid 65534"):
+        secure_shared_root(shared_root, NOBODY[1])
+    shared_root.rmdir()
+    shared_root.symlink_to(tmp_path)
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        secure_shared_root(shared_root, NOBODY[1])
+    assert tmp_path.stat().st_gid == 0  # the link's target was left alone
