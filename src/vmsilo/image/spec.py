@@ -34,8 +34,8 @@ AGENT_PARTS: tuple[str, ...] = (
 GUEST_LIBRARIES: tuple[str, ...] = ("dbus_next",)
 
 # Debian package names (policy 5.6.1), optionally with an architecture qualifier.
-_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?$")
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|path|target|mount)$")
+_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?\Z")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|path|target|mount)\Z")
 
 
 @dataclass(frozen=True)

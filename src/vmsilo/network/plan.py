@@ -40,7 +40,7 @@ TABLE_PREFIX = "vmsilo-"
 VM_SWITCH_BRIDGE_PREFIX = "vmsw-"
 # Named after a hash when the network name is too long or not a valid interface name.
 VM_SWITCH_HASHED_PREFIX = "vmsh-"
-_SIMPLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SIMPLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 
 # Priorities: run before the usual ``filter`` chains, so our drops come first, and NAT at the
 # standard source-NAT priority.

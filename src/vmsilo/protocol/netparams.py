@@ -31,8 +31,8 @@ PREFIX = "vmsilo."
 # x86's COMMAND_LINE_SIZE; the host refuses a command line that would be cut.
 KERNEL_CMDLINE_MAX = 2048
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

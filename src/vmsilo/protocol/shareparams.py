@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,36}$")
-_MOUNT_POINT = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,36}\Z")
+_MOUNT_POINT = re.compile(r"^/[A-Za-z0-9_./@+-]*\Z")
 
 
 class ShareParamError(ValueError):
