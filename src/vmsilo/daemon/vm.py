@@ -31,7 +31,7 @@ from vmsilo.daemon.runstate import Runstate, StateError, check_transition, requi
 from vmsilo.daemon.stages import StageError, Stages, Undo, rollback_on_failure
 from vmsilo.errors import UserError
 from vmsilo.host import logpump
-from vmsilo.host.procid import ProcessIdentity, kill_if_alive
+from vmsilo.host.procid import ProcessIdentity, executable, kill_if_alive, start_time
 from vmsilo.host.safefs import Dir
 from vmsilo.hypervisor.base import Backend, VmmLaunchError, VmmProcess
 from vmsilo.hypervisor.spec import LaunchSpec, spec_from_json
@@ -677,8 +677,13 @@ def _bind(action: Callable[[LaunchSpec], Awaitable[Undo | None]],
 
 
 def _process_record(vmm: VmmProcess) -> dict[str, Any] | None:
-    qemu = ProcessIdentity.of(vmm.pid)
-    if qemu is None:
+    """The identities of the VMM and its jail's monitor. The VMM may still be on its way
+    through the jail's launchers (bubblewrap, prlimit, setpriv exec into it, keeping pid
+    and start time), so its identity names the executable it is becoming."""
+    start = start_time(vmm.pid)
+    exe = vmm.exe or executable(vmm.pid)
+    if start is None or exe is None:
         return None
     monitor = ProcessIdentity.of(vmm.monitor_pid) if vmm.monitor_pid else None
-    return {"vmm": qemu.to_json(), "monitor": monitor.to_json() if monitor else None}
+    return {"vmm": ProcessIdentity(vmm.pid, start, exe).to_json(),
+            "monitor": monitor.to_json() if monitor else None}

@@ -46,6 +46,9 @@ class VmmProcess:
         self.pid = pid
         self._popen = monitor
         self.monitor_pid = monitor.pid if monitor is not None else monitor_pid
+        # The executable the process runs once started (its jail's launchers exec into it):
+        # what its recorded identity must name even if recorded before that exec.
+        self.exe: str | None = None
         self._pidfd = pidfd if pidfd is not None else os.pidfd_open(pid)
 
     def exited(self) -> bool:

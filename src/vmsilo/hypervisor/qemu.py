@@ -368,6 +368,7 @@ class QemuBackend(Backend):
                     spec.name, f"binary {tool} is missing (install the Debian package "
                     f"{package}){'; ' + INSTALL_BWRAP if tool == 'bwrap' else ''}",
                     [tool], spec.layout.vmm_log)
+        qemu_exe = os.path.realpath(shutil.which(self.qemu) or self.qemu)
         with contextlib.ExitStack() as stack:
             fds = self._open_fds(spec, runtime, console_log, jail.desktop, stack)
             command = build_command(spec, self.accel, fds, self.qemu)
@@ -384,6 +385,7 @@ class QemuBackend(Backend):
             try:
                 pid = await asyncio.to_thread(read_child_pid, info_read)
                 vmm = VmmProcess(pid, monitor)
+                vmm.exe = qemu_exe
             except BaseException as exc:
                 # The jail may be stuck before its command, or we were cancelled: end it (and
                 # anything already running as the VM's uid), never wait on it.
