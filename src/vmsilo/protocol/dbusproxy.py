@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmsilo.protocol.errors import ProtocolError
 from vmsilo.protocol.text import clean_display_text
 
 PORT = 5001
@@ -105,7 +106,7 @@ def unescape_body(encoded: str, *, markup: bool) -> str:
     return html.unescape(encoded) if markup else encoded
 
 
-class ProtocolViolation(ValueError):  # noqa: N818 - a violation, named as the spec says
+class ProtocolViolation(ProtocolError, ValueError):  # noqa: N818 - a violation, named as the spec says
     """What the guest sent is not a valid message; the connection must be closed."""
 
 

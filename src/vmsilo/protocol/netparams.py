@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from vmsilo.protocol.errors import ProtocolError
+
 _T = TypeVar("_T")
 
 PREFIX = "vmsilo."
@@ -39,7 +41,7 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class NetParamError(ValueError):
+class NetParamError(ProtocolError, ValueError):
     """A ``vmsilo.*`` network word that does not parse."""
 
 

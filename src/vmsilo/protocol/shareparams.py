@@ -14,11 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from vmsilo.protocol.errors import ProtocolError
+
 _TAG = re.compile(r"^[A-Za-z0-9_.-]{1,36}\Z")
 _MOUNT_POINT = re.compile(r"^/[A-Za-z0-9_./@+-]*\Z")
 
 
-class ShareParamError(ValueError):
+class ShareParamError(ProtocolError, ValueError):
     """A ``vmsilo.share`` word that does not parse."""
 
 

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmsilo.protocol.errors import ProtocolError
 from vmsilo.wayland import policy
 from vmsilo.wayland.protocols import Interface, Message
 from vmsilo.wayland.wire import (
@@ -37,7 +38,7 @@ MAX_BUFFERED = 1 << 20
 DECORATION_SERVER_SIDE = 2
 
 
-class ViolationError(Exception):
+class ViolationError(ProtocolError):
     """The VM broke the protocol or the policy; its connection is closed."""
 
 

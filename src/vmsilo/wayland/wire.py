@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from vmsilo.protocol.errors import ProtocolError
 from vmsilo.wayland.protocols import Message
 
 HEADER = struct.Struct("=II")
@@ -26,7 +27,7 @@ MAX_MESSAGE = 4096
 SERVER_ID_START = 0xFF000000
 
 
-class WireError(ValueError):
+class WireError(ProtocolError, ValueError):
     """Bytes that are not a well-formed Wayland message."""
 
 

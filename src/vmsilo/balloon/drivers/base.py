@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmsilo.protocol.errors import ProtocolError
+
 # Larger than any RAM a VM gets; anything above is a lie or a -1 written unsigned.
 MAX_BYTES = 1 << 48
 MAX_REPLY = 1 << 20
@@ -28,7 +30,7 @@ class DriverError(Exception):
         super().__init__(f"VM {vm}: balloon: {reason}")
 
 
-class VmmReplyError(DriverError):
+class VmmReplyError(DriverError, ProtocolError):
     """The VMM (or the guest through it) sent something that is not a valid reply."""
 
 
