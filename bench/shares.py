@@ -59,11 +59,14 @@ if sys.argv[1:2] == ["daemon"]:
     from vmsilo.shares import runner
     _namespaced = runner.launch_command
 
-    def launch_command(share, maps, argv, python=sys.executable):
+    def launch_command(share, maps, argv, python=sys.executable, *, source_fd):
         if share.tag != {BASELINE_TAG!r}:
-            return _namespaced(share, maps, argv, python)
+            return _namespaced(share, maps, argv, python, source_fd=source_fd)
+        from vmsilo.shares import userns
         limit = runner.nofile_limit()
         bounding = "-all," + ",".join("+" + cap for cap in runner.CAPABILITIES)
+        # The old way served the share's path itself, not the descriptor's mount.
+        argv = [a.replace(userns.SOURCE, str(share.source)) for a in argv]
         return ["unshare", "--ipc", "--uts", "--mount", "--propagation", "private", "--",
                 "prlimit", f"--nofile={{limit}}:{{limit}}", "--",
                 "setpriv", f"--bounding-set={{bounding}}", "--", *argv]
