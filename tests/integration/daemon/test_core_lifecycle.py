@@ -93,6 +93,11 @@ async def test_start_leaves_root_owned_state_and_a_working_agent_then_stop_power
     assert os.stat(core.overlay()).st_size == 64 << 20
     logs = core.paths.vm_log_dir("alpha")
     assert mode_of(logs) == (uid, 0o750)
+    # The console reaches its log through the log pump, a moment after the VMM wrote it.
+    for _ in range(100):
+        if b"booting" in (logs / "console.log").read_bytes():
+            break
+        await asyncio.sleep(0.05)
     assert b"booting" in (logs / "console.log").read_bytes()
     if ROOT:
         assert os.stat(logs).st_gid == 65534 and os.stat(logs / "vmm.log").st_gid == 65534
