@@ -34,6 +34,8 @@ from vmsilo.protocol.schema import (
     Float,
     Int,
     Kind,
+    ListOf,
+    MapOf,
     Schema,
     Str,
     decode,
@@ -240,39 +242,6 @@ class Base64Bytes(Kind):
         return value
 
 
-@dataclass(frozen=True)
-class Base64List(Kind):
-    item: Base64Bytes
-    max_items: int
-    min_items: int = 0
-
-    def check(self, name: str, untrusted_value: object) -> object:
-        if not isinstance(untrusted_value, list):
-            raise _bad(name, f"expected a list, got {type(untrusted_value).__name__}")
-        if not self.min_items <= len(untrusted_value) <= self.max_items:
-            raise _bad(name, f"{len(untrusted_value)} items, outside "
-                             f"{self.min_items}..{self.max_items}")
-        return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(untrusted_value)]
-
-
-@dataclass(frozen=True)
-class Base64Map(Kind):
-    key: Base64Bytes
-    value: Base64Bytes
-    max_items: int
-
-    def check(self, name: str, untrusted_value: object) -> object:
-        if not isinstance(untrusted_value, dict):
-            raise _bad(name, f"expected an object, got {type(untrusted_value).__name__}")
-        if len(untrusted_value) > self.max_items:
-            raise _bad(name, f"{len(untrusted_value)} entries, more than {self.max_items}")
-        # Canonical base64 keys: distinct JSON keys are distinct byte strings.
-        return {
-            self.key.check(f"{name} key", k): self.value.check(f"{name}[{k!r}]", v)
-            for k, v in untrusted_value.items()
-        }
-
-
 def _b64(value: bytes) -> str:
     return base64.b64encode(value).decode("ascii")
 
@@ -299,8 +268,8 @@ AGENT_HELLO = Schema(
 EXEC_REQUEST = Schema(
     ExecRequest,
     {
-        "argv": Base64List(Base64Bytes(max_len=MAX_ARG_LEN), max_items=MAX_ARGS, min_items=1),
-        "env": Base64Map(
+        "argv": ListOf(Base64Bytes(max_len=MAX_ARG_LEN), max_items=MAX_ARGS, min_items=1),
+        "env": MapOf(
             key=Base64Bytes(max_len=MAX_ENV_NAME, min_len=1, pattern=rb"[^=]+"),
             value=Base64Bytes(max_len=MAX_ARG_LEN),
             max_items=MAX_ENV,

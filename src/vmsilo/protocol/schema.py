@@ -104,8 +104,10 @@ class Bool(Kind):
 
 
 @dataclass(frozen=True)
-class StrList(Kind):
-    item: Str
+class ListOf(Kind):
+    """A JSON list of ``min_items``..``max_items`` values of one kind."""
+
+    item: Kind
     max_items: int
     min_items: int = 0
 
@@ -119,9 +121,12 @@ class StrList(Kind):
 
 
 @dataclass(frozen=True)
-class StrMap(Kind):
-    key: Str
-    value: Str
+class MapOf(Kind):
+    """A JSON object of at most ``max_items`` entries, keys and values each of one kind
+    (distinct JSON keys must check to distinct keys: e.g. canonical base64)."""
+
+    key: Kind
+    value: Kind
     max_items: int
 
     def check(self, name: str, untrusted_value: object) -> object:
